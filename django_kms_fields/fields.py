@@ -1,0 +1,855 @@
+"""Encrypted model fields.
+
+Each field stores a token (see ``ciphers``) in an unbounded text column and
+presents the plaintext to Python. To encrypt another field type, put
+``EncryptedField`` first among the bases::
+
+    class EncryptedDecimalField(EncryptedField, models.DecimalField):
+        pass
+
+The plaintext of such a field is ``str(get_prep_value(value))`` in UTF-8 and is
+read back with ``to_python()``; override ``plaintext_from_value()`` and
+``value_from_plaintext()`` where that does not round-trip.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import sys
+from collections.abc import Callable
+from types import CodeType
+from typing import TYPE_CHECKING, Any
+
+import django
+from django.conf import settings
+from django.core import checks, validators
+from django.core.exceptions import FieldError
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models
+from django.db import connection as default_connection
+from django.db.models import Value, signals
+from django.db.models.functions import Cast
+from django.db.models.lookups import Exact
+from django.db.models.query_utils import DeferredAttribute
+from django.utils import timezone
+from django.utils.functional import cached_property
+
+from . import ciphers
+from .exceptions import DecryptionError, EncryptionError, KeyProviderError
+from .expressions import EAGER_MARKER, LAZY_MARKER, EncryptedCol, check_write_expression
+from .keyring import DataKeyNotFound, get_keyring
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+GLOBAL = "global"
+TENANT = "tenant"
+ROW = "row"
+KEY_SCOPES = (GLOBAL, TENANT, ROW)
+
+_LABEL_RE = re.compile(r"^[\w]+\.[\w]+\.[\w]+$")
+_MAX_SCOPE_CACHE = 10_000
+
+
+class SealedValue:
+    """A token read from the database and not decrypted yet.
+
+    ``scope`` is the scope the row had when it was read, or ``None`` when the
+    query did not select it (``raw()``); the instance's current scope is used
+    then.
+    """
+
+    __slots__ = ("scope", "token")
+
+    def __init__(self, token: str, scope: str | None) -> None:
+        self.token = token
+        self.scope = scope
+
+    def __repr__(self) -> str:
+        return "<SealedValue>"
+
+
+class _Ciphertext:
+    """A token to write back unchanged."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+
+class _PendingEncryption:
+    """A plaintext value and the scope to encrypt it under, once the database is known."""
+
+    __slots__ = ("scope", "value")
+
+    def __init__(self, value: Any, scope: str) -> None:
+        self.value = value
+        self.scope = scope
+
+    def __repr__(self) -> str:
+        return f"<PendingEncryption scope={self.scope!r}>"
+
+
+def _code_objects(function: Callable[..., Any]) -> set[CodeType]:
+    found = set()
+    stack = [function.__code__]
+    while stack:
+        code = stack.pop()
+        found.add(code)
+        stack.extend(const for const in code.co_consts if isinstance(const, CodeType))
+    return found
+
+
+def _writer_code_objects() -> frozenset[CodeType]:
+    from django.db.models.base import Model
+    from django.db.models.query import QuerySet
+    from django.db.models.sql.compiler import SQLInsertCompiler
+
+    return frozenset(
+        _code_objects(QuerySet.bulk_update)
+        | _code_objects(SQLInsertCompiler.pre_save_val)
+        | _code_objects(Model._save_table)
+    )
+
+
+# Django reads field values with getattr() instead of Field.pre_save() in
+# three places: bulk_update(), and raw saves (loaddata) of new and existing
+# rows. The descriptor recognises these callers and hands them the value with
+# its row's scope, which a plain getattr() result would lose.
+# NOTE: this depends on Django internals. If a Django release moves these
+# reads, such writes fail with a FieldError (never with a wrong scope), and the
+# bulk_update and loaddata tests fail.
+_WRITER_CODES = _writer_code_objects()
+
+
+class EncryptedAttribute(DeferredAttribute):
+    """Descriptor that decrypts a loaded value on first access."""
+
+    field: EncryptedField
+
+    def __get__(self, instance: Any, cls: Any = None) -> Any:
+        if instance is None:
+            return self
+        data = instance.__dict__
+        attname = self.field.attname
+        if attname not in data:
+            super().__get__(instance, cls)
+        if sys._getframe(1).f_code in _WRITER_CODES:
+            return self.field.prepare_write(instance)
+        value = data[attname]
+        if value.__class__ is SealedValue:
+            value = self.field.unseal(instance, value)
+            data[attname] = value
+        return value
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        instance.__dict__[self.field.attname] = value
+
+
+class _NullOnlyExact(Exact):
+    """``exact`` that only accepts ``None``, which Django turns into ``isnull``."""
+
+    def __init__(self, lhs: Any, rhs: Any) -> None:
+        if rhs is not None:
+            raise FieldError(lhs.output_field.lookup_error_message("exact"))
+        super().__init__(lhs, rhs)
+
+
+class EncryptedField(models.Field):  # type: ignore[type-arg]
+    """Mixin that encrypts a Django field. It must come first among the bases."""
+
+    descriptor_class = EncryptedAttribute
+    encrypted = True
+
+    def __init__(
+        self,
+        *args: Any,
+        key_scope: str = GLOBAL,
+        tenant_field: str | None = None,
+        associated_data_label: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.key_scope = key_scope
+        self.tenant_field = tenant_field
+        self.associated_data_label = associated_data_label
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self) -> Any:
+        name, path, args, kwargs = super().deconstruct()
+        if self.key_scope != GLOBAL:
+            kwargs["key_scope"] = self.key_scope
+        if self.tenant_field is not None:
+            kwargs["tenant_field"] = self.tenant_field
+        if self.associated_data_label is not None:
+            kwargs["associated_data_label"] = self.associated_data_label
+        return name, path, args, kwargs
+
+    def contribute_to_class(self, cls: Any, name: str, private_only: bool = False) -> None:
+        super().contribute_to_class(cls, name, private_only=private_only)
+        if not cls._meta.abstract:
+            signals.class_prepared.connect(_install_model_hooks, sender=cls, weak=False)
+
+    # Identity
+
+    @cached_property
+    def label(self) -> str:
+        """The field's name in associated data: ``<app>.<model>.<field>`` unless pinned.
+
+        Renaming a model or field changes the default label, so set
+        ``associated_data_label`` to the old label in the same change to keep
+        existing values readable.
+        """
+        if self.associated_data_label is not None:
+            return self.associated_data_label
+        return f"{self.model._meta.label_lower}.{self.name}"
+
+    @property
+    def qualified_name(self) -> str:
+        model = getattr(self, "model", None)
+        if model is None:
+            return self.name or self.__class__.__name__
+        return f"{model._meta.label}.{self.name}"
+
+    @cached_property
+    def context_field(self) -> models.Field | None:  # type: ignore[type-arg]
+        """The column that identifies a value's scope: the tenant field or the primary key."""
+        if self.key_scope == TENANT:
+            return self.model._meta.get_field(self.tenant_field)  # type: ignore[return-value,arg-type]
+        if self.key_scope == ROW:
+            return self.model._meta.pk
+        return None
+
+    @cached_property
+    def _context_value_field(self) -> models.Field:  # type: ignore[type-arg]
+        field = self.context_field
+        assert field is not None
+        return field.target_field if field.is_relation else field  # type: ignore[no-any-return]
+
+    @cached_property
+    def _scope_cache(self) -> dict[Any, str]:
+        return {}
+
+    def _scope_from_context(self, value: Any) -> str:
+        """Return the scope of a row whose tenant (or primary key) is ``value``."""
+        cache = self._scope_cache
+        scope = cache.get(value)
+        if scope is None:
+            canonical = str(self._context_value_field.to_python(value))
+            if self.key_scope == TENANT:
+                scope = f"tenant:{canonical}"
+            else:
+                scope = f"row:{self.label.rsplit('.', 1)[0]}:{canonical}"
+            if len(cache) >= _MAX_SCOPE_CACHE:
+                cache.clear()
+            cache[value] = scope
+        return scope
+
+    def scope_for_instance(self, instance: Any) -> str:
+        """Return the scope under which ``instance``'s value is encrypted now."""
+        if self.key_scope == GLOBAL:
+            return GLOBAL
+        context_field = self.context_field
+        assert context_field is not None
+        value = instance.__dict__.get(context_field.attname, _MISSING)
+        if value is _MISSING:
+            value = getattr(instance, context_field.attname)
+        if value is None:
+            if self.key_scope == TENANT:
+                raise EncryptionError(
+                    f"{self.qualified_name} uses key_scope='tenant', but "
+                    f"{self.model._meta.label}.{context_field.name} is None on the row with "
+                    f"pk={instance.pk!r}. Set the tenant before saving."
+                )
+            raise EncryptionError(
+                f"{self.qualified_name} uses key_scope='row', which needs the primary key "
+                "before the row is inserted. Give the primary key a default, for example "
+                "models.UUIDField(primary_key=True, default=uuid.uuid4)."
+            )
+        return self._scope_from_context(value)
+
+    # Plaintext encoding
+
+    def plaintext_from_value(self, value: Any) -> bytes:
+        """Encode a Python value as the bytes that get encrypted."""
+        return str(self.get_prep_value(value)).encode()
+
+    def value_from_plaintext(self, data: bytes) -> Any:
+        """Decode decrypted bytes into the Python value."""
+        return self.to_python(data.decode())
+
+    # Writing
+
+    def pre_save(self, model_instance: Any, add: bool) -> Any:
+        if self.has_auto_now(add):
+            super().pre_save(model_instance, add)
+        return self.prepare_write(model_instance)
+
+    def has_auto_now(self, add: bool) -> bool:
+        return bool(getattr(self, "auto_now", False) or (add and getattr(self, "auto_now_add", False)))
+
+    def prepare_write(self, instance: Any) -> Any:
+        """Return what to send to ``get_db_prep_save()`` for ``instance``'s value."""
+        data = instance.__dict__
+        if self.attname not in data:
+            getattr(instance, self.attname)
+        value = data[self.attname]
+        prepared = getattr(instance._state, "kms_prepared", None)
+        if prepared:
+            item = prepared.pop(self.attname, None)
+            # Encrypted by the pre_save signal; still valid unless the value
+            # or the row's scope changed since.
+            if item is not None and item[0] is value and item[1] == self.scope_for_instance(instance):
+                return item[2]
+        if value is None:
+            return None
+        if hasattr(value, "resolve_expression"):
+            if isinstance(value, Value) and value.value is not None:
+                value = value.value
+            else:
+                check_write_expression(self, value)
+                return value
+        scope = self.scope_for_instance(instance)
+        if value.__class__ is SealedValue:
+            if value.scope == scope:
+                return _Ciphertext(value.token)
+            if value.scope is None:
+                # Read by raw(): check that the token belongs to this row, then keep it.
+                self._decrypt(value.token, scope, instance._state.db, instance.pk)
+                return _Ciphertext(value.token)
+            # The row moved to another tenant: re-encrypt under the new one.
+            value = self.unseal(instance, value)
+            data[self.attname] = value
+        return _PendingEncryption(value, scope)
+
+    def get_db_prep_save(self, value: Any, connection: BaseDatabaseWrapper) -> Any:
+        if value is None:
+            return None
+        value_class = value.__class__
+        if value_class is _Ciphertext:
+            return value.token
+        if value_class is _PendingEncryption:
+            return self._encrypt(value.value, value.scope, connection)
+        if hasattr(value, "as_sql"):
+            return value
+        if value_class is SealedValue:
+            raise EncryptionError(
+                f"{self.qualified_name}: a sealed value reached the database without its row."
+            )
+        if self.key_scope == GLOBAL:
+            return self._encrypt(value, GLOBAL, connection)
+        if _called_by_schema_editor() and not self._table_has_rows(connection):
+            # Adding the column to an empty table: no row needs the default.
+            return None
+        raise FieldError(
+            f"{self.qualified_name} uses key_scope={self.key_scope!r}, so its values can only "
+            "be written through model instances (save(), create(), bulk_create(), "
+            "bulk_update()): QuerySet.update(), database defaults and schema changes do "
+            f"not say which {self.key_scope} a value belongs to. To add the column to a "
+            "table with rows, add it with null=True and fill it in a data migration."
+        )
+
+    def get_db_prep_value(
+        self, value: Any, connection: BaseDatabaseWrapper, prepared: bool = False
+    ) -> Any:
+        return self.get_db_prep_save(value, connection)
+
+    def _encrypt(self, value: Any, scope: str, connection: BaseDatabaseWrapper) -> str:
+        plaintext = self.plaintext_from_value(value)
+        return get_keyring().encrypt(plaintext, scope, self.label, connection.alias)
+
+    def _table_has_rows(self, connection: BaseDatabaseWrapper) -> bool:
+        return self.model._base_manager.using(connection.alias).exists()  # type: ignore[attr-defined,no-any-return]
+
+    def _placeholder(self, value: Any) -> None:
+        if hasattr(value, "as_sql"):
+            check_write_expression(self, value)
+
+    if django.VERSION >= (6, 1):
+
+        def get_placeholder_sql(self, value: Any, compiler: Any, connection: Any) -> Any:
+            self._placeholder(value)
+            if hasattr(value, "as_sql"):
+                return compiler.compile(value)
+            return "%s", (value,)
+
+    def get_placeholder(self, value: Any, compiler: Any, connection: Any) -> str:
+        self._placeholder(value)
+        return "%s"
+
+    # Reading
+
+    def from_db_value(self, value: Any, expression: Any, connection: BaseDatabaseWrapper) -> Any:
+        if value is None:
+            return None
+        if self.key_scope == GLOBAL:
+            if value[:1] == LAZY_MARKER:
+                return SealedValue(value[1:], GLOBAL)
+            return self._decrypt(value, GLOBAL, connection.alias, None)
+
+        separator = max(value.rfind(LAZY_MARKER), value.rfind(EAGER_MARKER))
+        if separator < 0:
+            if isinstance(expression, EncryptedCol):
+                # raw(): the query did not select the tenant, so the instance's is used.
+                return SealedValue(value, None)
+            raise FieldError(
+                f"{self.qualified_name} uses key_scope={self.key_scope!r}, so it cannot be "
+                f"read through the SQL expression {expression!r}."
+            )
+        token = value[separator + 1 :]
+        scope = self._scope_from_context(value[:separator])
+        if value[separator] == LAZY_MARKER:
+            return SealedValue(token, scope)
+        return self._decrypt(token, scope, connection.alias, None)
+
+    def unseal(self, instance: Any, sealed: SealedValue) -> Any:
+        """Decrypt a value loaded into ``instance``."""
+        scope = sealed.scope or self.scope_for_instance(instance)
+        alias = instance._state.db or DEFAULT_DB_ALIAS
+        return self._decrypt(sealed.token, scope, alias, instance.pk)
+
+    def _decrypt(self, token: str, scope: str, alias: str, pk: Any) -> Any:
+        try:
+            plaintext = get_keyring().decrypt(token, scope, self.label, alias)
+        except (ciphers.InvalidToken, DataKeyNotFound):
+            raise DecryptionError(self._decryption_error_message(token, scope, alias, pk)) from None
+        except KeyProviderError as error:
+            if error.code != "InvalidCiphertextException":
+                raise
+            # The provider refused the wrapped key itself: the DataKey row
+            # was altered, so the value cannot be decrypted.
+            raise DecryptionError(
+                self._decryption_error_message(token, scope, alias, pk)
+            ) from error
+        return self.value_from_plaintext(plaintext)
+
+    def _decryption_error_message(self, token: str, scope: str, alias: str, pk: Any) -> str:
+        if ciphers.looks_like_token(token):
+            key_id = token[len(ciphers.PREFIX) : ciphers.HEADER_LENGTH]
+            try:
+                ciphers.decode_key_id(key_id)
+            except ciphers.InvalidToken:
+                key_id = "(unreadable)"
+        else:
+            key_id = "(none: the stored value is not a token)"
+        if pk is None:
+            pk = self._find_pk(token, alias)
+        return (
+            f"Cannot decrypt {self.qualified_name} of the row with pk={pk!r} "
+            f"(data key {key_id}, scope {scope!r}). The value was altered, copied from "
+            "another row, tenant or field, or its data key was deleted."
+        )
+
+    def _find_pk(self, token: str, alias: str) -> Any:
+        """Find the primary key of a row whose value failed in values() or values_list()."""
+        if not ciphers.looks_like_token(token):
+            return "unknown"
+        try:
+            pks = list(
+                self.model._base_manager.using(alias)  # type: ignore[attr-defined]
+                .annotate(_stored_token=Cast(self.name, models.TextField()))
+                .filter(_stored_token=token)
+                .values_list("pk", flat=True)[:2]
+            )
+        except DatabaseError:
+            return "unknown"
+        return pks[0] if len(pks) == 1 else "unknown"
+
+    # Queries
+
+    def get_col(self, alias: str, output_field: Any = None) -> Any:
+        if alias == self.model._meta.db_table and (output_field is None or output_field == self):
+            return self.cached_col
+        return EncryptedCol(alias, self, output_field)
+
+    @cached_property
+    def cached_col(self) -> EncryptedCol:
+        return EncryptedCol(self.model._meta.db_table, self)
+
+    def get_lookup(self, lookup_name: str) -> Any:
+        if lookup_name == "isnull":
+            return super().get_lookup(lookup_name)
+        if lookup_name == "exact":
+            return _NullOnlyExact
+        raise FieldError(self.lookup_error_message(lookup_name))
+
+    def get_transform(self, lookup_name: str) -> Any:
+        raise FieldError(self.lookup_error_message(lookup_name))
+
+    def lookup_error_message(self, lookup_name: str) -> str:
+        return (
+            f"{self.qualified_name} is encrypted, so the database cannot compare or transform "
+            f"its values: '{lookup_name}' is not supported. Only 'isnull' (and '=None') works."
+        )
+
+    # Storage
+
+    def get_internal_type(self) -> str:
+        # The column always holds text, whatever the plaintext type.
+        return "TextField"
+
+    def cast_db_type(self, connection: BaseDatabaseWrapper) -> Any:
+        return self.db_type(connection)
+
+    # Checks
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        errors = super().check(**kwargs)
+        errors.extend(self._check_encryption_options())
+        return errors
+
+    def _check_encryption_options(self) -> list[checks.CheckMessage]:
+        errors: list[checks.CheckMessage] = []
+
+        def error(message: str, hint: str | None, id: str) -> None:
+            errors.append(checks.Error(message, hint=hint, obj=self, id=id))
+
+        mro = type(self).__mro__
+        if any(
+            issubclass(base, models.Field) and not issubclass(base, EncryptedField)
+            for base in mro[: mro.index(EncryptedField)]
+        ):
+            error(
+                f"{type(self).__name__} lists EncryptedField after its Django field class.",
+                "Put EncryptedField first among the bases, so that its methods win.",
+                "django_kms_fields.E111",
+            )
+        if self._unique:
+            error(
+                "Encrypted fields cannot be unique.",
+                "Each encryption of a value gives a different token, so the database "
+                "cannot enforce uniqueness. Remove unique=True.",
+                "django_kms_fields.E101",
+            )
+        if self.db_index:
+            error(
+                "Encrypted fields cannot have db_index=True.",
+                "An index on ciphertext serves no query. Remove db_index=True.",
+                "django_kms_fields.E102",
+            )
+        if self.primary_key:
+            error(
+                "An encrypted field cannot be the primary key.",
+                None,
+                "django_kms_fields.E103",
+            )
+        if self.has_db_default():
+            error(
+                "Encrypted fields cannot have a db_default.",
+                "A database default would be stored unencrypted. Use default instead.",
+                "django_kms_fields.E109",
+            )
+        if self.associated_data_label is not None and not _LABEL_RE.match(
+            self.associated_data_label
+        ):
+            error(
+                f"associated_data_label {self.associated_data_label!r} is not of the form "
+                "'<app_label>.<model_name>.<field_name>'.",
+                None,
+                "django_kms_fields.E110",
+            )
+        if self.key_scope not in KEY_SCOPES:
+            error(
+                f"key_scope is {self.key_scope!r}.",
+                "Use 'global', 'tenant' or 'row'.",
+                "django_kms_fields.E104",
+            )
+            return errors
+        if self.key_scope == TENANT:
+            errors.extend(self._check_tenant_field())
+        elif self.tenant_field is not None:
+            error(
+                f"tenant_field is set, but key_scope is {self.key_scope!r}.",
+                "Use key_scope='tenant' or remove tenant_field.",
+                "django_kms_fields.E105",
+            )
+        if self.key_scope == ROW:
+            errors.extend(self._check_row_scope())
+        return errors
+
+    def _check_tenant_field(self) -> list[checks.CheckMessage]:
+        if not self.tenant_field:
+            return [
+                checks.Error(
+                    "key_scope='tenant' needs tenant_field.",
+                    hint="Name the field or foreign key that identifies the tenant.",
+                    obj=self,
+                    id="django_kms_fields.E105",
+                )
+            ]
+        try:
+            tenant = self.model._meta.get_field(self.tenant_field)
+        except models.FieldDoesNotExist:
+            return [
+                checks.Error(
+                    f"tenant_field {self.tenant_field!r} is not a field of "
+                    f"{self.model._meta.label}.",
+                    obj=self,
+                    id="django_kms_fields.E106",
+                )
+            ]
+        local = self.model._meta.local_concrete_fields
+        if (
+            tenant not in local
+            or tenant.many_to_many
+            or isinstance(tenant, EncryptedField)
+            or (tenant.is_relation and not tenant.many_to_one and not tenant.one_to_one)
+        ):
+            return [
+                checks.Error(
+                    f"tenant_field {self.tenant_field!r} must be a plain field or foreign key "
+                    f"stored in {self.model._meta.label}'s own table.",
+                    hint="Encrypted fields and fields inherited from a concrete parent "
+                    "model cannot identify the tenant.",
+                    obj=self,
+                    id="django_kms_fields.E107",
+                )
+            ]
+        return []
+
+    def _check_row_scope(self) -> list[checks.CheckMessage]:
+        pk = self.model._meta.pk
+        if pk is None or pk.is_relation or pk.has_default():
+            return []
+        if isinstance(pk, models.AutoField) or getattr(pk, "db_returning", False):
+            return [
+                checks.Error(
+                    "key_scope='row' needs the primary key before the row is inserted, "
+                    f"but {self.model._meta.label}.{pk.name} is assigned by the database.",
+                    hint="Use a primary key with a default, for example "
+                    "models.UUIDField(primary_key=True, default=uuid.uuid4).",
+                    obj=self,
+                    id="django_kms_fields.E108",
+                )
+            ]
+        return []
+
+
+_MISSING = object()
+
+
+def _called_by_schema_editor() -> bool:
+    from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+
+    effective_default = BaseDatabaseSchemaEditor.effective_default.__code__
+    frame = sys._getframe(1)
+    for _depth in range(4):
+        frame = frame.f_back  # type: ignore[assignment]
+        if frame is None:
+            return False
+        if frame.f_code is effective_default:
+            return True
+    return False
+
+
+def _install_model_hooks(sender: Any, **kwargs: Any) -> None:
+    """Connect the per-model hooks of a model that has encrypted fields."""
+    signals.pre_save.connect(_encrypt_before_save, sender=sender, weak=False)
+    encrypted = [f for f in sender._meta.local_concrete_fields if isinstance(f, EncryptedField)]
+    if any(field.key_scope == ROW for field in encrypted):
+        signals.post_delete.connect(_delete_row_data_keys, sender=sender, weak=False)
+    by_tenant: dict[str, list[EncryptedField]] = {}
+    for field in encrypted:
+        if field.key_scope == TENANT and field.tenant_field:
+            by_tenant.setdefault(field.tenant_field, []).append(field)
+    for tenant_name, dependents in by_tenant.items():
+        try:
+            tenant = sender._meta.get_field(tenant_name)
+        except models.FieldDoesNotExist:
+            continue  # Reported by the system check E106.
+        _guard_tenant_updates(tenant, dependents)
+
+
+def _encrypt_before_save(
+    sender: Any, instance: Any, raw: bool, using: str, update_fields: Any, **kwargs: Any
+) -> None:
+    """Encrypt an instance's values before ``Model.save()`` opens its transaction.
+
+    A failure here (the key provider, a missing tenant, an invalid value)
+    leaves any open transaction usable and no row written, parent rows of
+    multi-table inheritance included. The tokens wait on ``instance._state``
+    for ``pre_save()``, or for the descriptor during raw saves.
+    """
+    connection = connections[using]
+    prepared: dict[str, tuple[Any, str, Any]] = {}
+    instance._state.kms_prepared = prepared
+    for field in instance._meta.concrete_fields:
+        if not isinstance(field, EncryptedField) or field.attname not in instance.__dict__:
+            continue
+        if update_fields is not None and field.name not in update_fields:
+            continue
+        if field.has_auto_now(instance._state.adding) and not raw:
+            continue  # Its value is set in pre_save().
+        if field.key_scope == ROW and instance.pk is None:
+            continue  # A child of multi-table inheritance gets its pk from the parent row.
+        result = field.prepare_write(instance)
+        if result.__class__ is _PendingEncryption:
+            token = field._encrypt(result.value, result.scope, connection)
+            # prepare_write() may have replaced a sealed value with its plaintext.
+            value = instance.__dict__[field.attname]
+            prepared[field.attname] = (value, result.scope, _Ciphertext(token))
+
+
+def _delete_row_data_keys(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
+    """Delete the per-row data keys of a deleted row (cascades included)."""
+    from .models import DataKey
+
+    scopes = {
+        field._scope_from_context(instance.pk)
+        for field in sender._meta.local_concrete_fields
+        if isinstance(field, EncryptedField) and field.key_scope == ROW
+    }
+    if instance.pk is None or not scopes:
+        return
+    DataKey.objects.using(using).filter(scope__in=scopes).delete()
+    get_keyring().forget_scopes(using, scopes)
+
+
+def _guard_tenant_updates(tenant: Any, dependents: list[EncryptedField]) -> None:
+    """Reject ``QuerySet.update()`` of the tenant that leaves values under the old tenant."""
+    from django.db.models.sql.compiler import SQLUpdateCompiler
+
+    def check(compiler: Any) -> None:
+        if not isinstance(compiler, SQLUpdateCompiler):
+            return
+        updated = {field for field, _model, _value in compiler.query.values}
+        missing = [field.name for field in dependents if field not in updated]
+        if missing:
+            raise FieldError(
+                f"Updating {tenant.model._meta.label}.{tenant.name} with QuerySet.update() "
+                f"would leave {', '.join(missing)} encrypted under the old tenant's data key, "
+                "and they could no longer be decrypted. Change the tenant with save() or "
+                "bulk_update() and include those fields."
+            )
+
+    if django.VERSION >= (6, 1):
+        original_sql = getattr(tenant, "get_placeholder_sql", None)
+
+        def get_placeholder_sql(value: Any, compiler: Any, connection: Any) -> Any:
+            check(compiler)
+            if original_sql is not None:
+                return original_sql(value, compiler, connection)
+            if hasattr(value, "as_sql"):
+                return compiler.compile(value)
+            return "%s", (value,)
+
+        tenant.get_placeholder_sql = get_placeholder_sql
+    else:
+        original = getattr(tenant, "get_placeholder", None)
+
+        def get_placeholder(value: Any, compiler: Any, connection: Any) -> str:
+            check(compiler)
+            if original is not None:
+                return original(value, compiler, connection)  # type: ignore[no-any-return]
+            return "%s"
+
+        tenant.get_placeholder = get_placeholder
+
+
+class EncryptedTextField(EncryptedField, models.TextField):  # type: ignore[type-arg]
+    def plaintext_from_value(self, value: Any) -> bytes:
+        return self.get_prep_value(value).encode()  # type: ignore[no-any-return]
+
+    def value_from_plaintext(self, data: bytes) -> str:
+        return data.decode()
+
+
+class EncryptedCharField(EncryptedField, models.CharField):  # type: ignore[type-arg]
+    """Encrypted ``CharField``. ``max_length`` limits the plaintext and is optional."""
+
+    def plaintext_from_value(self, value: Any) -> bytes:
+        return self.get_prep_value(value).encode()  # type: ignore[no-any-return]
+
+    def value_from_plaintext(self, data: bytes) -> str:
+        return data.decode()
+
+    def _check_max_length_attribute(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        if self.max_length is None:
+            return []
+        return super()._check_max_length_attribute(**kwargs)  # type: ignore[misc,no-any-return]
+
+
+class EncryptedEmailField(EncryptedCharField, models.EmailField):  # type: ignore[type-arg]
+    pass
+
+
+class EncryptedIntegerField(EncryptedField, models.IntegerField):  # type: ignore[type-arg]
+    """Encrypted integer. Its range is that of ``IntegerField`` on the default database."""
+
+    def plaintext_from_value(self, value: Any) -> bytes:
+        return str(self.get_prep_value(value)).encode()
+
+    def value_from_plaintext(self, data: bytes) -> int:
+        return int(data)
+
+    @cached_property
+    def validators(self) -> list[Any]:
+        field_validators = [*self.default_validators, *self._validators]
+        min_value, max_value = default_connection.ops.integer_field_range("IntegerField")
+        if min_value is not None:
+            field_validators.append(validators.MinValueValidator(min_value))
+        if max_value is not None:
+            field_validators.append(validators.MaxValueValidator(max_value))
+        return field_validators
+
+
+class EncryptedDateField(EncryptedField, models.DateField):  # type: ignore[type-arg]
+    """Encrypted date, stored as ISO 8601 text (``YYYY-MM-DD``)."""
+
+    def plaintext_from_value(self, value: Any) -> bytes:
+        return self.get_prep_value(value).isoformat().encode()  # type: ignore[no-any-return]
+
+    def value_from_plaintext(self, data: bytes) -> datetime.date:
+        return datetime.date.fromisoformat(data.decode())
+
+
+class EncryptedDateTimeField(EncryptedField, models.DateTimeField):  # type: ignore[type-arg]
+    """Encrypted datetime, stored as ISO 8601 text.
+
+    As with ``DateTimeField``: with ``USE_TZ = True``, aware values are stored
+    in UTC and read back as aware UTC datetimes (a naive value is made aware
+    in the current time zone, with Django's warning); with ``USE_TZ = False``,
+    values are naive and an aware value raises ``ValueError``.
+    """
+
+    def plaintext_from_value(self, value: Any) -> bytes:
+        value = self.get_prep_value(value)
+        if settings.USE_TZ:
+            value = value.astimezone(datetime.timezone.utc)
+        elif timezone.is_aware(value):
+            raise ValueError(
+                f"{self.qualified_name} cannot store a timezone-aware datetime when USE_TZ "
+                "is False."
+            )
+        return value.isoformat().encode()  # type: ignore[no-any-return]
+
+    def value_from_plaintext(self, data: bytes) -> datetime.datetime:
+        value = datetime.datetime.fromisoformat(data.decode())
+        if settings.USE_TZ:
+            if timezone.is_naive(value):
+                return value.replace(tzinfo=datetime.timezone.utc)
+            return value.astimezone(datetime.timezone.utc)
+        if timezone.is_aware(value):
+            return timezone.make_naive(value, timezone.get_default_timezone())
+        return value
+
+
+class EncryptedJSONField(EncryptedField, models.JSONField):  # type: ignore[type-arg]
+    """Encrypted JSON, stored as compact UTF-8 JSON text.
+
+    Python ``None`` is stored as SQL NULL, as with ``JSONField``; JSON ``null``
+    inside a document round-trips.
+    """
+
+    def plaintext_from_value(self, value: Any) -> bytes:
+        return json.dumps(
+            value, cls=self.encoder, ensure_ascii=False, separators=(",", ":")
+        ).encode()
+
+    def value_from_plaintext(self, data: bytes) -> Any:
+        return json.loads(data, cls=self.decoder)
+
+    def _check_supported(self, databases: Any) -> list[checks.CheckMessage]:
+        # The column holds a token, so the database needs no JSON support.
+        return []

@@ -1,0 +1,67 @@
+"""Settings for the test suite.
+
+SQLite in memory by default; set DATABASE_URL (read with django-environ) to
+run on PostgreSQL or MariaDB, for example::
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/test
+    DATABASE_URL=mysql://root@127.0.0.1:3306/test
+"""
+
+import os
+
+import environ
+
+# A request that escapes moto's mock goes to a closed port on loopback and
+# fails at once, instead of reaching AWS. moto_server runs on plain HTTP on
+# 127.0.0.1, which this proxy does not affect.
+os.environ["HTTPS_PROXY"] = "http://127.0.0.1:9"
+os.environ["https_proxy"] = "http://127.0.0.1:9"
+os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+os.environ["no_proxy"] = "127.0.0.1,localhost"
+# Fake credentials for moto; no test talks to AWS.
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"  # noqa: S105
+os.environ["AWS_SESSION_TOKEN"] = "testing"  # noqa: S105
+os.environ["AWS_DEFAULT_REGION"] = "eu-west-1"
+os.environ.pop("AWS_PROFILE", None)
+
+env = environ.Env()
+
+SECRET_KEY = "django-kms-fields-tests"  # noqa: S105
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "Europe/Paris"
+
+DATABASES = {"default": env.db("DATABASE_URL", default="sqlite://:memory:")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
+    DATABASES["default"].setdefault("OPTIONS", {})["charset"] = "utf8mb4"
+    DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django_kms_fields",
+    "tests.testapp",
+]
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Two local master keys, so that tests can re-wrap data keys from one to the other.
+LOCAL_MASTER_KEYS = {
+    "primary": "ZGphbmdvLWttcy1maWVsZHMgdGVzdCBrZXkgMDAwMDE=",
+    "secondary": "ZGphbmdvLWttcy1maWVsZHMgdGVzdCBrZXkgMDAwMDI=",
+}
+
+KMS_FIELDS = {
+    "PROVIDER": "local",
+    "MASTER_KEY_ID": "primary",
+    "LOCAL_MASTER_KEYS": LOCAL_MASTER_KEYS,
+    "ALLOW_LOCAL_PROVIDER": True,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django_kms_fields": {"handlers": ["console"], "level": "WARNING"}},
+}
