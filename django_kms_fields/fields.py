@@ -398,10 +398,11 @@ class EncryptedField(models.Field):  # type: ignore[type-arg]
                 f"read through the SQL expression {expression!r}."
             )
         token = value[separator + 1 :]
-        scope = self._scope_from_context(value[:separator])
+        context = value[:separator]
+        scope = self._scope_from_context(context)
         if value[separator] == LAZY_MARKER:
             return SealedValue(token, scope)
-        return self._decrypt(token, scope, connection.alias, None)
+        return self._decrypt(token, scope, connection.alias, None, context)
 
     def unseal(self, instance: Any, sealed: SealedValue) -> Any:
         """Decrypt a value loaded into ``instance``."""
@@ -409,22 +410,27 @@ class EncryptedField(models.Field):  # type: ignore[type-arg]
         alias = instance._state.db or DEFAULT_DB_ALIAS
         return self._decrypt(sealed.token, scope, alias, instance.pk)
 
-    def _decrypt(self, token: str, scope: str, alias: str, pk: Any) -> Any:
+    def _decrypt(
+        self, token: str, scope: str, alias: str, pk: Any, context: str | None = None
+    ) -> Any:
+        """Decrypt a token; ``pk`` (or the row's ``context`` text) only serves error messages."""
         try:
             plaintext = get_keyring().decrypt(token, scope, self.label, alias)
         except (ciphers.InvalidToken, DataKeyNotFound):
-            raise DecryptionError(self._decryption_error_message(token, scope, alias, pk)) from None
+            message = self._decryption_error_message(token, scope, alias, pk, context)
+            raise DecryptionError(message) from None
         except KeyProviderError as error:
             if error.code != "InvalidCiphertextException":
                 raise
             # The provider refused the wrapped key itself: the DataKey row
             # was altered, so the value cannot be decrypted.
-            raise DecryptionError(
-                self._decryption_error_message(token, scope, alias, pk)
-            ) from error
+            message = self._decryption_error_message(token, scope, alias, pk, context)
+            raise DecryptionError(message) from error
         return self.value_from_plaintext(plaintext)
 
-    def _decryption_error_message(self, token: str, scope: str, alias: str, pk: Any) -> str:
+    def _decryption_error_message(
+        self, token: str, scope: str, alias: str, pk: Any, context: str | None
+    ) -> str:
         if ciphers.looks_like_token(token):
             key_id = token[len(ciphers.PREFIX) : ciphers.HEADER_LENGTH]
             try:
@@ -433,25 +439,30 @@ class EncryptedField(models.Field):  # type: ignore[type-arg]
                 key_id = "(unreadable)"
         else:
             key_id = "(none: the stored value is not a token)"
-        if pk is None:
-            pk = self._find_pk(token, alias)
+        if pk is None and self.key_scope == ROW and context is not None:
+            pk = self._context_value_field.to_python(context)
+        elif pk is None:
+            pk = self._find_pk(token, alias, context)
         return (
             f"Cannot decrypt {self.qualified_name} of the row with pk={pk!r} "
             f"(data key {key_id}, scope {scope!r}). The value was altered, copied from "
             "another row, tenant or field, or its data key was deleted."
         )
 
-    def _find_pk(self, token: str, alias: str) -> Any:
+    def _find_pk(self, token: str, alias: str, context: str | None) -> Any:
         """Find the primary key of a row whose value failed in values() or values_list()."""
         if not ciphers.looks_like_token(token):
             return "unknown"
         try:
-            pks = list(
+            rows = (
                 self.model._base_manager.using(alias)  # type: ignore[attr-defined]
                 .annotate(_stored_token=Cast(self.name, models.TextField()))
                 .filter(_stored_token=token)
-                .values_list("pk", flat=True)[:2]
             )
+            if self.key_scope == TENANT and context is not None:
+                assert self.context_field is not None
+                rows = rows.filter(**{self.context_field.attname: context})
+            pks = list(rows.values_list("pk", flat=True)[:2])
         except DatabaseError:
             return "unknown"
         return pks[0] if len(pks) == 1 else "unknown"

@@ -200,13 +200,12 @@ class Keyring:
         now = time.monotonic()
         pending = getattr(self._local, "pending", None)
         if pending:
-            item = pending.get((alias, scope))
-            if item is not None:
-                key_id, callback = item
-                if _on_commit_pending(alias, callback):
-                    entry = self._entries.get((alias, key_id))
+            created = pending.get((alias, scope))
+            if created is not None:
+                if created.still_in_transaction():
+                    entry = self._entries.get((alias, created.key_id))
                     if entry is None or entry.expires_at <= now:
-                        entry = self._load(alias, key_id)
+                        entry = self._load(alias, created.key_id)
                     return entry
                 del pending[(alias, scope)]
 
@@ -323,23 +322,27 @@ class Keyring:
         )
         del generated
         self._store(entry)
-        self._publish_after_commit(alias, scope, entry.key_id)
+        self._publish_after_commit(alias, scope, entry)
         return entry
 
-    def _publish_after_commit(self, alias: str, scope: str, key_id: str) -> None:
+    def _publish_after_commit(self, alias: str, scope: str, entry: _DataKeyEntry) -> None:
         if not connections[alias].in_atomic_block:
-            self._publish(alias, scope, key_id)
+            self._publish(alias, scope, entry.key_id)
             return
 
         def publish() -> None:
-            self._publish(alias, scope, key_id)
             pending_map = getattr(self._local, "pending", None)
-            if pending_map and pending_map.get((alias, scope), (None,))[0] == key_id:
+            if pending_map and pending_map.get((alias, scope)) is created:
                 del pending_map[(alias, scope)]
+            # A rollback to a savepoint made with transaction.savepoint() keeps
+            # on_commit callbacks, so check that the key was really committed.
+            if _data_key_exists(alias, entry.numeric_id):
+                self._publish(alias, scope, entry.key_id)
 
+        created = _CreatedInTransaction(alias, entry.numeric_id, entry.key_id, publish)
         if not hasattr(self._local, "pending"):
             self._local.pending = {}
-        self._local.pending[(alias, scope)] = (key_id, publish)
+        self._local.pending[(alias, scope)] = created
         transaction.on_commit(publish, using=alias)
 
     def _publish(self, alias: str, scope: str, key_id: str) -> None:
@@ -535,6 +538,70 @@ class Keyring:
 
     def _after_fork_in_child(self) -> None:
         self._reset_state()
+
+
+class _RollbackWatcher:
+    """Counts ``ROLLBACK TO SAVEPOINT`` statements run on one connection.
+
+    Installed first in ``connection.execute_wrappers``, so that Django's
+    ``execute_wrapper()`` context manager, which pops the last wrapper, never
+    removes it.
+    """
+
+    __slots__ = ("rollbacks",)
+
+    def __init__(self) -> None:
+        self.rollbacks = 0
+
+    def __call__(self, execute: Any, sql: Any, params: Any, many: bool, context: Any) -> Any:
+        if isinstance(sql, str) and sql.lstrip()[:8].upper() == "ROLLBACK":
+            self.rollbacks += 1
+        return execute(sql, params, many, context)
+
+    @classmethod
+    def on(cls, alias: str) -> _RollbackWatcher:
+        wrappers = connections[alias].execute_wrappers
+        for wrapper in wrappers:
+            if isinstance(wrapper, cls):
+                return wrapper
+        watcher = cls()
+        wrappers.insert(0, watcher)
+        return watcher
+
+
+class _CreatedInTransaction:
+    """A data key this thread created in its open transaction, not yet committed."""
+
+    __slots__ = ("alias", "callback", "checked_rollbacks", "key_id", "numeric_id", "watcher")
+
+    def __init__(self, alias: str, numeric_id: int, key_id: str, callback: object) -> None:
+        self.alias = alias
+        self.numeric_id = numeric_id
+        self.key_id = key_id
+        self.callback = callback
+        self.watcher = _RollbackWatcher.on(alias)
+        self.checked_rollbacks = self.watcher.rollbacks
+
+    def still_in_transaction(self) -> bool:
+        """Return whether the key's row is still part of the open transaction."""
+        # Rolling back the transaction, or a savepoint opened by atomic(),
+        # drops the on_commit callback registered with the key.
+        if not _on_commit_pending(self.alias, self.callback):
+            return False
+        # Rolling back to a savepoint made with transaction.savepoint() does
+        # not; after any rollback statement, look for the row itself.
+        rollbacks = self.watcher.rollbacks
+        if rollbacks != self.checked_rollbacks:
+            if not _data_key_exists(self.alias, self.numeric_id):
+                return False
+            self.checked_rollbacks = self.watcher.rollbacks
+        return True
+
+
+def _data_key_exists(alias: str, numeric_id: int) -> bool:
+    from .models import DataKey
+
+    return DataKey.objects.using(alias).filter(pk=numeric_id).exists()
 
 
 def _on_commit_pending(alias: str, callback: object) -> bool:
