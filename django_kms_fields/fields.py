@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import django
 from django.conf import settings
 from django.core import checks, validators
-from django.core.exceptions import FieldError
+from django.core.exceptions import FieldDoesNotExist, FieldError
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models
 from django.db import connection as default_connection
 from django.db.models import Value, signals
@@ -591,7 +591,7 @@ class EncryptedField(models.Field):  # type: ignore[type-arg]
             ]
         try:
             tenant = self.model._meta.get_field(self.tenant_field)
-        except models.FieldDoesNotExist:
+        except FieldDoesNotExist:
             return [
                 checks.Error(
                     f"tenant_field {self.tenant_field!r} is not a field of "
@@ -667,8 +667,10 @@ def _install_model_hooks(sender: Any, **kwargs: Any) -> None:
     for tenant_name, dependents in by_tenant.items():
         try:
             tenant = sender._meta.get_field(tenant_name)
-        except models.FieldDoesNotExist:
+        except FieldDoesNotExist:
             continue  # Reported by the system check E106.
+        if isinstance(tenant, EncryptedField) or tenant not in sender._meta.local_concrete_fields:
+            continue  # Reported by the system check E107.
         _guard_tenant_updates(tenant, dependents)
 
 
@@ -860,6 +862,18 @@ class EncryptedJSONField(EncryptedField, models.JSONField):  # type: ignore[type
 
     def value_from_plaintext(self, data: bytes) -> Any:
         return json.loads(data, cls=self.decoder)
+
+    def get_internal_type(self) -> str:
+        # Django's XML serializer reads and writes JSON fields by this name.
+        # No backend converts "JSONField" values on read, so tokens are safe.
+        return "JSONField"
+
+    def db_type(self, connection: BaseDatabaseWrapper) -> str:
+        return connection.data_types["TextField"]  # type: ignore[no-any-return]
+
+    def db_check(self, connection: BaseDatabaseWrapper) -> None:
+        # SQLite's JSON_VALID() check would reject tokens.
+        return None
 
     def _check_supported(self, databases: Any) -> list[checks.CheckMessage]:
         # The column holds a token, so the database needs no JSON support.

@@ -244,6 +244,21 @@ class Keyring:
                 self._keep_unrecorded(self._entries.pop(cache_key))
         self._forget_active(alias, scopes)
 
+    def forget_key(self, alias: str, numeric_id: int) -> None:
+        """Drop a data key whose row was deleted, so that nothing encrypts with it again."""
+        key_id = ciphers.encode_key_id(numeric_id)
+        with self._lock:
+            entry = self._entries.pop((alias, key_id), None)
+            if entry is not None:
+                with entry.lock:
+                    entry.unrecorded = 0
+            for active_key in [k for k, (kid, _) in self._active.items() if kid == key_id]:
+                del self._active[active_key]
+        pending = getattr(self._local, "pending", None)
+        if pending:
+            for pending_key in [k for k, created in pending.items() if created.key_id == key_id]:
+                del pending[pending_key]
+
     def record_counts(self, alias: str) -> None:
         """Write the encryption counts of ``alias`` to the database now (or at commit)."""
         self._schedule_recording(alias)

@@ -121,7 +121,7 @@ class AwsKmsProvider(KeyProvider):
         kwargs = dict(self.settings.aws_client)
         # Standard retry mode backs off on throttling and transient errors.
         config = Config(
-            retries={"mode": "standard", "max_attempts": 5},
+            retries={"mode": "standard", "total_max_attempts": 5},
             connect_timeout=5,
             read_timeout=10,
         )

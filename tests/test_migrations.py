@@ -1,0 +1,106 @@
+"""Migrations: shipped and clean, and adding encrypted columns to tables with rows."""
+
+import io
+
+import pytest
+from django.core.exceptions import FieldError
+from django.core.management import call_command
+from django.db import connection, migrations
+from django.db.migrations.state import ProjectState
+
+from django_kms_fields import EncryptedJSONField, EncryptedTextField, ciphers
+from tests.testapp.models import Note, Organisation, TenantRecord
+
+
+@pytest.mark.django_db
+def test_makemigrations_is_clean():
+    output = io.StringIO()
+    call_command(
+        "makemigrations", "django_kms_fields", "testapp", "--check", "--dry-run", stdout=output
+    )
+    assert "No changes detected" in output.getvalue()
+
+
+def test_field_deconstruction_round_trips():
+    field = EncryptedTextField(
+        key_scope="tenant", tenant_field="organisation", associated_data_label="a.b.c", null=True
+    )
+    name, path, args, kwargs = field.deconstruct()
+    assert path == "django_kms_fields.fields.EncryptedTextField"
+    assert kwargs == {
+        "key_scope": "tenant",
+        "tenant_field": "organisation",
+        "associated_data_label": "a.b.c",
+        "null": True,
+    }
+    rebuilt = EncryptedTextField(*args, **kwargs)
+    assert rebuilt.deconstruct()[3] == kwargs
+    assert EncryptedTextField().deconstruct()[3] == {}
+
+
+def apply_add_field(model_name, field_name, field):
+    """Add a column with migration operations, returning the new state and a reverter."""
+    from_state = ProjectState.from_apps(__import__("django.apps").apps.apps)
+    operation = migrations.AddField(model_name, field_name, field)
+    to_state = from_state.clone()
+    operation.state_forwards("testapp", to_state)
+    with connection.schema_editor() as editor:
+        operation.database_forwards("testapp", editor, from_state, to_state)
+
+    def revert():
+        with connection.schema_editor() as editor:
+            operation.database_backwards("testapp", editor, to_state, from_state)
+
+    return to_state, revert
+
+
+@pytest.mark.usefixtures("kms")
+@pytest.mark.django_db(transaction=True)
+def test_add_global_field_with_default_to_table_with_rows():
+    notes = [Note.objects.create(title=f"n{i}") for i in range(3)]
+    state, revert = apply_add_field(
+        "note", "greeting", EncryptedJSONField(default={"hello": "wörld"})
+    )
+    try:
+        historical = state.apps.get_model("testapp", "Note")
+        assert list(historical.objects.order_by("pk").values_list("greeting", flat=True)) == [
+            {"hello": "wörld"}
+        ] * 3
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT greeting FROM {Note._meta.db_table}")
+            stored = [row[0] for row in cursor.fetchall()]
+        assert all(ciphers.looks_like_token(value) for value in stored)
+        assert len(notes) == 3
+    finally:
+        revert()
+
+
+@pytest.mark.usefixtures("kms")
+@pytest.mark.django_db(transaction=True)
+def test_add_tenant_field_with_default_to_table_with_rows_fails_clearly():
+    organisation = Organisation.objects.create(name="o")
+    TenantRecord.objects.create(organisation=organisation)
+    with pytest.raises(FieldError, match="add it with null=True and fill it in a data migration"):
+        apply_add_field(
+            "tenantrecord",
+            "motto",
+            EncryptedTextField(key_scope="tenant", tenant_field="organisation", default="x"),
+        )
+    assert TenantRecord.objects.count() == 1
+
+
+@pytest.mark.usefixtures("kms")
+@pytest.mark.django_db(transaction=True)
+def test_add_tenant_field_with_default_to_empty_table():
+    state, revert = apply_add_field(
+        "tenantrecord",
+        "motto",
+        EncryptedTextField(key_scope="tenant", tenant_field="organisation", default="x"),
+    )
+    try:
+        historical = state.apps.get_model("testapp", "TenantRecord")
+        organisation = state.apps.get_model("testapp", "Organisation").objects.create(name="o")
+        record = historical.objects.create(organisation=organisation)
+        assert historical.objects.get(pk=record.pk).motto == "x"
+    finally:
+        revert()
