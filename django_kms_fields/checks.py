@@ -81,9 +81,7 @@ def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
     messages: list[checks.CheckMessage] = []
     for model in models:
         encrypted = {
-            field.name
-            for field in model._meta.concrete_fields
-            if isinstance(field, EncryptedField)
+            field.name for field in model._meta.concrete_fields if isinstance(field, EncryptedField)
         }
         encrypted |= {
             field.attname
@@ -101,7 +99,7 @@ def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
             messages.extend(
                 _named_encrypted(model, fields, encrypted, f"constraint {constraint.name}")
             )
-        for ordering in model._meta.ordering:
+        for ordering in model._meta.ordering or ():
             if isinstance(ordering, str) and ordering.lstrip("-?") in encrypted:
                 messages.append(
                     checks.Error(
@@ -119,7 +117,11 @@ def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
 def _named_encrypted(
     model: Any, names: Any, encrypted: set[str], where: str
 ) -> list[checks.CheckMessage]:
-    found = [name.lstrip("-") for name in names if name.lstrip("-") in encrypted]
+    found = [
+        name.lstrip("-")
+        for name in names or ()
+        if isinstance(name, str) and name.lstrip("-") in encrypted
+    ]
     if not found:
         return []
     return [

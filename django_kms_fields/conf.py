@@ -121,9 +121,7 @@ def validate(raw: object) -> tuple[KmsFieldsSettings | None, list[str]]:
 
     size = values["DATA_KEY_CACHE_SIZE"]
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        errors.append(
-            f"KMS_FIELDS['DATA_KEY_CACHE_SIZE'] must be an integer >= 1, not {size!r}."
-        )
+        errors.append(f"KMS_FIELDS['DATA_KEY_CACHE_SIZE'] must be an integer >= 1, not {size!r}.")
         size = DEFAULTS["DATA_KEY_CACHE_SIZE"]
 
     max_encryptions = values["DATA_KEY_MAX_ENCRYPTIONS"]
@@ -178,7 +176,7 @@ def _decode_local_master_keys(raw: object, errors: list[str]) -> dict[str, bytes
             # The message names the key but never shows its value.
             errors.append(
                 f"KMS_FIELDS['LOCAL_MASTER_KEYS'][{name!r}] must be base64 of 32 random "
-                "bytes. Generate one with: python -c \"import base64, os; "
+                'bytes. Generate one with: python -c "import base64, os; '
                 'print(base64.b64encode(os.urandom(32)).decode())"'
             )
             continue

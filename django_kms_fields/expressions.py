@@ -112,7 +112,7 @@ def check_write_expression(field: EncryptedField, expression: Any) -> None:
         check_write_expression(field, expression.result)
         return
     if isinstance(expression, Value):
-        if expression.value is None or expression._output_field_or_none is field:
+        if expression.value is None or getattr(expression, "_output_field_or_none", None) is field:
             return
     elif isinstance(expression, Col) and expression.target is field:
         return

@@ -26,7 +26,7 @@ import django
 from django.conf import settings
 from django.core import checks, validators
 from django.core.exceptions import FieldDoesNotExist, FieldError
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, models
 from django.db import connection as default_connection
 from django.db.models import Value, signals
 from django.db.models.functions import Cast
@@ -110,7 +110,7 @@ def _writer_code_objects() -> frozenset[CodeType]:
     return frozenset(
         _code_objects(QuerySet.bulk_update)
         | _code_objects(SQLInsertCompiler.pre_save_val)
-        | _code_objects(Model._save_table)
+        | _code_objects(Model._save_table)  # type: ignore[attr-defined]
     )
 
 
@@ -157,7 +157,7 @@ class _NullOnlyExact(Exact):
         super().__init__(lhs, rhs)
 
 
-class EncryptedField(models.Field):  # type: ignore[type-arg]
+class EncryptedField(models.Field):
     """Mixin that encrypts a Django field. It must come first among the bases."""
 
     descriptor_class = EncryptedAttribute
@@ -213,7 +213,7 @@ class EncryptedField(models.Field):  # type: ignore[type-arg]
         return f"{model._meta.label}.{self.name}"
 
     @cached_property
-    def context_field(self) -> models.Field | None:  # type: ignore[type-arg]
+    def context_field(self) -> models.Field | None:
         """The column that identifies a value's scope: the tenant field or the primary key."""
         if self.key_scope == TENANT:
             return self.model._meta.get_field(self.tenant_field)  # type: ignore[return-value,arg-type]
@@ -222,10 +222,10 @@ class EncryptedField(models.Field):  # type: ignore[type-arg]
         return None
 
     @cached_property
-    def _context_value_field(self) -> models.Field:  # type: ignore[type-arg]
+    def _context_value_field(self) -> models.Field:
         field = self.context_field
         assert field is not None
-        return field.target_field if field.is_relation else field  # type: ignore[no-any-return]
+        return field.target_field if field.is_relation else field
 
     @cached_property
     def _scope_cache(self) -> dict[Any, str]:
@@ -282,12 +282,9 @@ class EncryptedField(models.Field):  # type: ignore[type-arg]
     # Writing
 
     def pre_save(self, model_instance: Any, add: bool) -> Any:
-        if self.has_auto_now(add):
+        if getattr(self, "auto_now", False) or (add and getattr(self, "auto_now_add", False)):
             super().pre_save(model_instance, add)
         return self.prepare_write(model_instance)
-
-    def has_auto_now(self, add: bool) -> bool:
-        return bool(getattr(self, "auto_now", False) or (add and getattr(self, "auto_now_add", False)))
 
     def prepare_write(self, instance: Any) -> Any:
         """Return what to send to ``get_db_prep_save()`` for ``instance``'s value."""
@@ -295,13 +292,6 @@ class EncryptedField(models.Field):  # type: ignore[type-arg]
         if self.attname not in data:
             getattr(instance, self.attname)
         value = data[self.attname]
-        prepared = getattr(instance._state, "kms_prepared", None)
-        if prepared:
-            item = prepared.pop(self.attname, None)
-            # Encrypted by the pre_save signal; still valid unless the value
-            # or the row's scope changed since.
-            if item is not None and item[0] is value and item[1] == self.scope_for_instance(instance):
-                return item[2]
         if value is None:
             return None
         if hasattr(value, "resolve_expression"):
@@ -360,7 +350,7 @@ class EncryptedField(models.Field):  # type: ignore[type-arg]
         return get_keyring().encrypt(plaintext, scope, self.label, connection.alias)
 
     def _table_has_rows(self, connection: BaseDatabaseWrapper) -> bool:
-        return self.model._base_manager.using(connection.alias).exists()  # type: ignore[attr-defined,no-any-return]
+        return self.model._base_manager.using(connection.alias).exists()
 
     def _placeholder(self, value: Any) -> None:
         if hasattr(value, "as_sql"):
@@ -455,7 +445,7 @@ class EncryptedField(models.Field):  # type: ignore[type-arg]
             return "unknown"
         try:
             rows = (
-                self.model._base_manager.using(alias)  # type: ignore[attr-defined]
+                self.model._base_manager.using(alias)
                 .annotate(_stored_token=Cast(self.name, models.TextField()))
                 .filter(_stored_token=token)
             )
@@ -526,14 +516,14 @@ class EncryptedField(models.Field):  # type: ignore[type-arg]
                 "Put EncryptedField first among the bases, so that its methods win.",
                 "django_kms_fields.E111",
             )
-        if self._unique:
+        if getattr(self, "_unique", False):
             error(
                 "Encrypted fields cannot be unique.",
                 "Each encryption of a value gives a different token, so the database "
                 "cannot enforce uniqueness. Remove unique=True.",
                 "django_kms_fields.E101",
             )
-        if self.db_index:
+        if getattr(self, "db_index", False):
             error(
                 "Encrypted fields cannot have db_index=True.",
                 "An index on ciphertext serves no query. Remove db_index=True.",
@@ -656,7 +646,7 @@ def _called_by_schema_editor() -> bool:
 
 def _install_model_hooks(sender: Any, **kwargs: Any) -> None:
     """Connect the per-model hooks of a model that has encrypted fields."""
-    signals.pre_save.connect(_encrypt_before_save, sender=sender, weak=False)
+    signals.pre_save.connect(_prepare_before_save, sender=sender, weak=False)
     encrypted = [f for f in sender._meta.local_concrete_fields if isinstance(f, EncryptedField)]
     if any(field.key_scope == ROW for field in encrypted):
         signals.post_delete.connect(_delete_row_data_keys, sender=sender, weak=False)
@@ -674,34 +664,27 @@ def _install_model_hooks(sender: Any, **kwargs: Any) -> None:
         _guard_tenant_updates(tenant, dependents)
 
 
-def _encrypt_before_save(
+def _prepare_before_save(
     sender: Any, instance: Any, raw: bool, using: str, update_fields: Any, **kwargs: Any
 ) -> None:
-    """Encrypt an instance's values before ``Model.save()`` opens its transaction.
+    """Do the work of encryption that can fail before ``Model.save()`` opens its transaction.
 
-    A failure here (the key provider, a missing tenant, an invalid value)
-    leaves any open transaction usable and no row written, parent rows of
-    multi-table inheritance included. The tokens wait on ``instance._state``
-    for ``pre_save()``, or for the descriptor during raw saves.
+    This finds each value's scope and creates or unwraps its data key, so
+    that a failure of the key provider or a missing tenant leaves any open
+    transaction usable and writes no row, parent rows of multi-table
+    inheritance included. ``get_db_prep_save()`` then only encrypts locally.
     """
-    connection = connections[using]
-    prepared: dict[str, tuple[Any, str, Any]] = {}
-    instance._state.kms_prepared = prepared
+    keyring = get_keyring()
     for field in instance._meta.concrete_fields:
         if not isinstance(field, EncryptedField) or field.attname not in instance.__dict__:
             continue
         if update_fields is not None and field.name not in update_fields:
             continue
-        if field.has_auto_now(instance._state.adding) and not raw:
-            continue  # Its value is set in pre_save().
         if field.key_scope == ROW and instance.pk is None:
             continue  # A child of multi-table inheritance gets its pk from the parent row.
         result = field.prepare_write(instance)
         if result.__class__ is _PendingEncryption:
-            token = field._encrypt(result.value, result.scope, connection)
-            # prepare_write() may have replaced a sealed value with its plaintext.
-            value = instance.__dict__[field.attname]
-            prepared[field.attname] = (value, result.scope, _Ciphertext(token))
+            keyring.active_entry(result.scope, using)
 
 
 def _delete_row_data_keys(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
@@ -726,7 +709,7 @@ def _guard_tenant_updates(tenant: Any, dependents: list[EncryptedField]) -> None
     def check(compiler: Any) -> None:
         if not isinstance(compiler, SQLUpdateCompiler):
             return
-        updated = {field for field, _model, _value in compiler.query.values}
+        updated = {field for field, _model, _value in getattr(compiler.query, "values", ())}
         missing = [field.name for field in dependents if field not in updated]
         if missing:
             raise FieldError(
@@ -754,25 +737,25 @@ def _guard_tenant_updates(tenant: Any, dependents: list[EncryptedField]) -> None
         def get_placeholder(value: Any, compiler: Any, connection: Any) -> str:
             check(compiler)
             if original is not None:
-                return original(value, compiler, connection)  # type: ignore[no-any-return]
+                return original(value, compiler, connection)
             return "%s"
 
         tenant.get_placeholder = get_placeholder
 
 
-class EncryptedTextField(EncryptedField, models.TextField):  # type: ignore[type-arg]
+class EncryptedTextField(EncryptedField, models.TextField):
     def plaintext_from_value(self, value: Any) -> bytes:
-        return self.get_prep_value(value).encode()  # type: ignore[no-any-return]
+        return self.get_prep_value(value).encode()
 
     def value_from_plaintext(self, data: bytes) -> str:
         return data.decode()
 
 
-class EncryptedCharField(EncryptedField, models.CharField):  # type: ignore[type-arg]
+class EncryptedCharField(EncryptedField, models.CharField):
     """Encrypted ``CharField``. ``max_length`` limits the plaintext and is optional."""
 
     def plaintext_from_value(self, value: Any) -> bytes:
-        return self.get_prep_value(value).encode()  # type: ignore[no-any-return]
+        return self.get_prep_value(value).encode()
 
     def value_from_plaintext(self, data: bytes) -> str:
         return data.decode()
@@ -780,14 +763,14 @@ class EncryptedCharField(EncryptedField, models.CharField):  # type: ignore[type
     def _check_max_length_attribute(self, **kwargs: Any) -> list[checks.CheckMessage]:
         if self.max_length is None:
             return []
-        return super()._check_max_length_attribute(**kwargs)  # type: ignore[misc,no-any-return]
+        return super()._check_max_length_attribute(**kwargs)  # type: ignore[misc]
 
 
-class EncryptedEmailField(EncryptedCharField, models.EmailField):  # type: ignore[type-arg]
+class EncryptedEmailField(EncryptedCharField, models.EmailField):
     pass
 
 
-class EncryptedIntegerField(EncryptedField, models.IntegerField):  # type: ignore[type-arg]
+class EncryptedIntegerField(EncryptedField, models.IntegerField):
     """Encrypted integer. Its range is that of ``IntegerField`` on the default database."""
 
     def plaintext_from_value(self, value: Any) -> bytes:
@@ -798,7 +781,7 @@ class EncryptedIntegerField(EncryptedField, models.IntegerField):  # type: ignor
 
     @cached_property
     def validators(self) -> list[Any]:
-        field_validators = [*self.default_validators, *self._validators]
+        field_validators = [*self.default_validators, *getattr(self, "_validators", [])]
         min_value, max_value = default_connection.ops.integer_field_range("IntegerField")
         if min_value is not None:
             field_validators.append(validators.MinValueValidator(min_value))
@@ -807,17 +790,17 @@ class EncryptedIntegerField(EncryptedField, models.IntegerField):  # type: ignor
         return field_validators
 
 
-class EncryptedDateField(EncryptedField, models.DateField):  # type: ignore[type-arg]
+class EncryptedDateField(EncryptedField, models.DateField):  # type: ignore[misc]
     """Encrypted date, stored as ISO 8601 text (``YYYY-MM-DD``)."""
 
     def plaintext_from_value(self, value: Any) -> bytes:
-        return self.get_prep_value(value).isoformat().encode()  # type: ignore[no-any-return]
+        return self.get_prep_value(value).isoformat().encode()
 
     def value_from_plaintext(self, data: bytes) -> datetime.date:
         return datetime.date.fromisoformat(data.decode())
 
 
-class EncryptedDateTimeField(EncryptedField, models.DateTimeField):  # type: ignore[type-arg]
+class EncryptedDateTimeField(EncryptedField, models.DateTimeField):  # type: ignore[misc]
     """Encrypted datetime, stored as ISO 8601 text.
 
     As with ``DateTimeField``: with ``USE_TZ = True``, aware values are stored
@@ -835,7 +818,7 @@ class EncryptedDateTimeField(EncryptedField, models.DateTimeField):  # type: ign
                 f"{self.qualified_name} cannot store a timezone-aware datetime when USE_TZ "
                 "is False."
             )
-        return value.isoformat().encode()  # type: ignore[no-any-return]
+        return value.isoformat().encode()
 
     def value_from_plaintext(self, data: bytes) -> datetime.datetime:
         value = datetime.datetime.fromisoformat(data.decode())
@@ -848,7 +831,7 @@ class EncryptedDateTimeField(EncryptedField, models.DateTimeField):  # type: ign
         return value
 
 
-class EncryptedJSONField(EncryptedField, models.JSONField):  # type: ignore[type-arg]
+class EncryptedJSONField(EncryptedField, models.JSONField):
     """Encrypted JSON, stored as compact UTF-8 JSON text.
 
     Python ``None`` is stored as SQL NULL, as with ``JSONField``; JSON ``null``
@@ -869,7 +852,7 @@ class EncryptedJSONField(EncryptedField, models.JSONField):  # type: ignore[type
         return "JSONField"
 
     def db_type(self, connection: BaseDatabaseWrapper) -> str:
-        return connection.data_types["TextField"]  # type: ignore[no-any-return]
+        return connection.data_types["TextField"]
 
     def db_check(self, connection: BaseDatabaseWrapper) -> None:
         # SQLite's JSON_VALID() check would reject tokens.

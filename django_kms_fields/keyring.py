@@ -180,7 +180,9 @@ class Keyring:
             entry = self._replace_exhausted(entry)
         if record_now:
             self._schedule_recording(alias)
-        return ciphers.seal(entry.aead, entry.key_id, plaintext, entry.associated_data(scope, label))
+        return ciphers.seal(
+            entry.aead, entry.key_id, plaintext, entry.associated_data(scope, label)
+        )
 
     def decrypt(self, token: str, scope: str, label: str, alias: str) -> bytes:
         """Decrypt a token bound to ``scope`` and ``label``.
@@ -216,7 +218,9 @@ class Keyring:
                 return entry
         return self._resolve_active(scope, alias)
 
-    def rotate(self, scope: str, alias: str, *, expected_key_id: int | None = None) -> _DataKeyEntry:
+    def rotate(
+        self, scope: str, alias: str, *, expected_key_id: int | None = None
+    ) -> _DataKeyEntry:
         """Retire the active data key of ``scope`` and create its successor.
 
         With ``expected_key_id``, only that key is retired; if another process
@@ -529,9 +533,7 @@ class Keyring:
         for numeric_id, count in counts.items():
             try:
                 manager = DataKey.objects.using(alias)
-                manager.filter(pk=numeric_id).update(
-                    encryption_count=F("encryption_count") + count
-                )
+                manager.filter(pk=numeric_id).update(encryption_count=F("encryption_count") + count)
                 total = manager.filter(pk=numeric_id).values_list("encryption_count", flat=True)
                 recorded = next(iter(total), None)
             except DatabaseError:
@@ -544,10 +546,10 @@ class Keyring:
                 with self._lock:
                     self._unrecorded[(alias, numeric_id)] += count
                 continue
-            entry = by_id.get(numeric_id)
-            if entry is not None and recorded is not None:
-                with entry.lock:
-                    entry.recorded = recorded
+            cached = by_id.get(numeric_id)
+            if cached is not None and recorded is not None:
+                with cached.lock:
+                    cached.recorded = recorded
 
     # Fork safety
 

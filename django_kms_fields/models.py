@@ -39,7 +39,10 @@ class DataKey(models.Model):
 
     id = models.BigIntegerField(primary_key=True)
     scope = models.CharField(_("scope"), max_length=255, db_index=True)
-    active_scope = models.CharField(max_length=255, null=True, unique=True, editable=False)
+    # NULL, not "", for retired keys: unique indexes allow many NULLs.
+    active_scope = models.CharField(  # noqa: DJ001
+        max_length=255, null=True, unique=True, editable=False
+    )
     state = models.CharField(_("state"), max_length=16, choices=State.choices)
     master_key_id = models.CharField(_("master key id"), max_length=2048)
     wrapped_key = WrappedKeyField(_("wrapped key"))

@@ -136,7 +136,7 @@ class AwsKmsProvider(KeyProvider):
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return getattr(self.client, operation)(**params)  # type: ignore[no-any-return]
+            return getattr(self.client, operation)(**params)
         except ClientError as error:
             details = error.response.get("Error", {})
             code = details.get("Code", "Unknown")
@@ -164,7 +164,9 @@ class AwsKmsProvider(KeyProvider):
             EncryptionContext=dict(encryption_context),
         )
         # KMS returns the key ARN even when it was called with an alias.
-        return GeneratedDataKey(response["Plaintext"], response["CiphertextBlob"], response["KeyId"])
+        return GeneratedDataKey(
+            response["Plaintext"], response["CiphertextBlob"], response["KeyId"]
+        )
 
     def decrypt_data_key(
         self, wrapped: bytes, master_key_id: str, encryption_context: Mapping[str, str]

@@ -15,3 +15,13 @@ class TaggingProvider(LocalProvider):
         return super().decrypt_data_key(
             wrapped, master_key_id, {**encryption_context, "app": "tests"}
         )
+
+
+class SlowProvider(LocalProvider):
+    """The local provider, slowed down so that concurrent first writes overlap."""
+
+    def generate_data_key(self, master_key_id, encryption_context):
+        import time
+
+        time.sleep(0.3)
+        return super().generate_data_key(master_key_id, encryption_context)

@@ -20,14 +20,14 @@ os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 os.environ["no_proxy"] = "127.0.0.1,localhost"
 # Fake credentials for moto; no test talks to AWS.
 os.environ["AWS_ACCESS_KEY_ID"] = "testing"
-os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"  # noqa: S105
-os.environ["AWS_SESSION_TOKEN"] = "testing"  # noqa: S105
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+os.environ["AWS_SESSION_TOKEN"] = "testing"
 os.environ["AWS_DEFAULT_REGION"] = "eu-west-1"
 os.environ.pop("AWS_PROFILE", None)
 
 env = environ.Env()
 
-SECRET_KEY = "django-kms-fields-tests"  # noqa: S105
+SECRET_KEY = "django-kms-fields-tests"
 DEBUG = False
 USE_TZ = True
 TIME_ZONE = "Europe/Paris"
@@ -58,6 +58,12 @@ KMS_FIELDS = {
     "LOCAL_MASTER_KEYS": LOCAL_MASTER_KEYS,
     "ALLOW_LOCAL_PROVIDER": True,
 }
+
+# Lets tests that start subprocesses give them the same key provider settings.
+if "KMS_FIELDS_TEST_OVERRIDE" in os.environ:
+    import json
+
+    KMS_FIELDS = json.loads(os.environ["KMS_FIELDS_TEST_OVERRIDE"])
 
 LOGGING = {
     "version": 1,

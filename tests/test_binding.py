@@ -43,7 +43,7 @@ def test_value_copied_to_another_tenant_fails(orgs, stored, write_raw):
 
     record = TenantRecord.objects.get(pk=attacker.pk)
     with pytest.raises(DecryptionError) as excinfo:
-        record.secret  # noqa: B018
+        record.secret
     assert_clean_error(excinfo, "testapp.TenantRecord", "secret", attacker.pk)
     assert f"tenant:{orgs[1].pk}" in str(excinfo.value)
 
@@ -68,7 +68,7 @@ def test_moved_tenant_value_is_not_laundered_by_save(orgs, stored, write_raw):
     record.save()
     assert stored(attacker, "secret") == copied
     with pytest.raises(DecryptionError):
-        TenantRecord.objects.get(pk=attacker.pk).secret  # noqa: B018
+        TenantRecord.objects.get(pk=attacker.pk).secret
 
     # Moving the row to the victim's tenant does not decrypt it either.
     record = TenantRecord.objects.get(pk=attacker.pk)
@@ -83,7 +83,7 @@ def test_value_copied_to_another_row_fails(stored, write_raw):
     write_raw(attacker, "secret", stored(victim, "secret"))
 
     with pytest.raises(DecryptionError) as excinfo:
-        RowRecord.objects.get(pk=attacker.pk).secret  # noqa: B018
+        RowRecord.objects.get(pk=attacker.pk).secret
     assert_clean_error(excinfo, "testapp.RowRecord", "secret", attacker.pk)
 
 
@@ -92,7 +92,7 @@ def test_value_copied_to_another_field_fails(stored, write_raw):
     write_raw(note, "short", stored(note, "text"))
 
     with pytest.raises(DecryptionError) as excinfo:
-        Note.objects.get(pk=note.pk).short  # noqa: B018
+        Note.objects.get(pk=note.pk).short
     assert_clean_error(excinfo, "testapp.Note", "short", note.pk)
 
 
@@ -102,7 +102,7 @@ def test_value_copied_to_another_model_fails(orgs, stored, write_raw):
     write_raw(visit, "note", stored(record, "secret"))
 
     with pytest.raises(DecryptionError):
-        Visit.objects.get(pk=visit.pk).note  # noqa: B018
+        Visit.objects.get(pk=visit.pk).note
 
 
 @pytest.mark.parametrize(
@@ -126,7 +126,7 @@ def test_tampered_value_fails(tamper, stored, write_raw):
     assert SECRET not in str(excinfo.value)
 
     with pytest.raises(DecryptionError) as excinfo:
-        Note.objects.get(pk=note.pk).text  # noqa: B018
+        Note.objects.get(pk=note.pk).text
     assert SECRET not in str(excinfo.value)
 
 
@@ -138,7 +138,7 @@ def test_bad_row_does_not_hide_good_rows_of_instances(stored, write_raw):
     notes = {note.title: note for note in Note.objects.all()}
     assert notes["good"].text == "good"
     with pytest.raises(DecryptionError):
-        notes["bad"].text  # noqa: B018
+        notes["bad"].text
     assert good.pk
 
 
@@ -149,7 +149,7 @@ def test_deleted_data_key_fails(orgs):
 
     clear_data_key_cache()
     with pytest.raises(DecryptionError) as excinfo:
-        TenantRecord.objects.get(pk=record.pk).secret  # noqa: B018
+        TenantRecord.objects.get(pk=record.pk).secret
     assert_clean_error(excinfo, "testapp.TenantRecord", "secret", record.pk)
 
 
@@ -167,9 +167,9 @@ def test_tampered_data_key_fails(orgs):
     )
     clear_data_key_cache()
     with pytest.raises(DecryptionError):
-        TenantRecord.objects.get(pk=record.pk).secret  # noqa: B018
+        TenantRecord.objects.get(pk=record.pk).secret
     with pytest.raises(DecryptionError):
-        TenantRecord.objects.get(pk=other.pk).secret  # noqa: B018
+        TenantRecord.objects.get(pk=other.pk).secret
 
 
 def test_rename_keeps_values_readable_with_pinned_label():
@@ -177,7 +177,7 @@ def test_rename_keeps_values_readable_with_pinned_label():
 
     assert RenamedPerson.objects.get(pk=person.pk).alias == SECRET
     with pytest.raises(DecryptionError):
-        RenamedWithoutPin.objects.get(pk=person.pk).alias  # noqa: B018
+        RenamedWithoutPin.objects.get(pk=person.pk).alias
 
     renamed = RenamedPerson.objects.get(pk=person.pk)
     renamed.alias = "written after the rename"
@@ -188,7 +188,10 @@ def test_rename_keeps_values_readable_with_pinned_label():
 def test_row_data_keys_are_deleted_with_their_rows(orgs):
     rows = [RowRecord.objects.create(secret=f"r{i}", organisation=orgs[i % 2]) for i in range(4)]
     scopes = {f"row:testapp.rowrecord:{row.pk}" for row in rows}
-    assert set(DataKey.objects.filter(scope__startswith="row:").values_list("scope", flat=True)) == scopes
+    assert (
+        set(DataKey.objects.filter(scope__startswith="row:").values_list("scope", flat=True))
+        == scopes
+    )
 
     rows[0].delete()
     assert not DataKey.objects.filter(scope=f"row:testapp.rowrecord:{rows[0].pk}").exists()
@@ -208,7 +211,9 @@ def test_no_plaintext_in_logs(caplog, orgs):
     caplog.set_level(logging.DEBUG, logger="django.db.backends")
     connection.force_debug_cursor = True
     try:
-        record = TenantRecord.objects.create(organisation=orgs[0], secret=SECRET, details={"s": SECRET})
+        record = TenantRecord.objects.create(
+            organisation=orgs[0], secret=SECRET, details={"s": SECRET}
+        )
         TenantRecord.objects.bulk_update([record], ["secret"])
         Note.objects.create(text=SECRET)
         Note.objects.update(text=SECRET)

@@ -56,7 +56,7 @@ def test_malformed_settings(settings, override, message):
 
 def test_setting_must_be_a_dict(settings):
     settings.KMS_FIELDS = "local"
-    assert ["KMS_FIELDS must be a dict, not str."] == [m.msg for m in check_settings()]
+    assert [m.msg for m in check_settings()] == ["KMS_FIELDS must be a dict, not str."]
 
 
 def test_local_key_value_is_never_shown(settings):

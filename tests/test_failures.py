@@ -79,7 +79,7 @@ def test_decrypt_failure_is_a_provider_error(kms, fail_provider):
     clear_data_key_cache()
     fail_provider("Decrypt", "AccessDeniedException")
     with pytest.raises(KeyProviderError) as excinfo:
-        Note.objects.get(pk=note.pk).text  # noqa: B018
+        Note.objects.get(pk=note.pk).text
     assert excinfo.value.code == "AccessDeniedException"
     assert not isinstance(excinfo.value, DecryptionError)
 
@@ -103,7 +103,7 @@ def test_corrupt_wrapped_key_is_a_decryption_error(kms):
     DataKey.objects.filter(pk=key.pk).update(wrapped_key=bytes(wrapped))
     clear_data_key_cache()
     with pytest.raises(DecryptionError, match="testapp.Note.text"):
-        Note.objects.get(pk=note.pk).text  # noqa: B018
+        Note.objects.get(pk=note.pk).text
 
 
 @pytest.mark.django_db
@@ -116,7 +116,7 @@ def test_missing_local_master_key(settings):
         "LOCAL_MASTER_KEYS": {"secondary": settings.LOCAL_MASTER_KEYS["secondary"]},
     }
     with pytest.raises(KeyProviderError) as excinfo:
-        Note.objects.get(pk=note.pk).text  # noqa: B018
+        Note.objects.get(pk=note.pk).text
     assert excinfo.value.code == "NotFoundException"
     assert "'primary'" in str(excinfo.value)
 
@@ -218,7 +218,7 @@ def test_stopped_kms_endpoint(settings, moto_server):
     clear_data_key_cache()
 
     with pytest.raises(KeyProviderError) as excinfo:
-        TenantRecord.objects.get(pk=record.pk).secret  # noqa: B018
+        TenantRecord.objects.get(pk=record.pk).secret
     assert excinfo.value.code == "EndpointConnectionError"
 
     other = Organisation.objects.create(name="new tenant")

@@ -218,7 +218,7 @@ def test_concurrent_loads_share_one_decrypt(kms, monkeypatch):
         try:
             barrier.wait()
             results.append(Note.objects.get(pk=note.pk).text)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             errors.append(error)
         finally:
             connections.close_all()
@@ -245,7 +245,7 @@ def test_concurrent_first_writes_create_one_key(kms):
         try:
             barrier.wait()
             TenantRecord.objects.create(organisation=organisation, secret=f"w{i}")
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             errors.append(error)
         finally:
             connections.close_all()

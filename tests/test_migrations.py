@@ -25,7 +25,7 @@ def test_field_deconstruction_round_trips():
     field = EncryptedTextField(
         key_scope="tenant", tenant_field="organisation", associated_data_label="a.b.c", null=True
     )
-    name, path, args, kwargs = field.deconstruct()
+    _name, path, args, kwargs = field.deconstruct()
     assert path == "django_kms_fields.fields.EncryptedTextField"
     assert kwargs == {
         "key_scope": "tenant",
@@ -63,9 +63,10 @@ def test_add_global_field_with_default_to_table_with_rows():
     )
     try:
         historical = state.apps.get_model("testapp", "Note")
-        assert list(historical.objects.order_by("pk").values_list("greeting", flat=True)) == [
-            {"hello": "wörld"}
-        ] * 3
+        assert (
+            list(historical.objects.order_by("pk").values_list("greeting", flat=True))
+            == [{"hello": "wörld"}] * 3
+        )
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT greeting FROM {Note._meta.db_table}")
             stored = [row[0] for row in cursor.fetchall()]

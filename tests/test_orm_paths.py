@@ -60,7 +60,7 @@ def test_get_or_create_and_update_or_create(orgs):
     assert not created
     assert again.secret == "first"
 
-    updated, created = TenantRecord.objects.update_or_create(
+    _updated, created = TenantRecord.objects.update_or_create(
         label="a", organisation=orgs[0], defaults={"secret": "second"}
     )
     assert not created
@@ -96,7 +96,9 @@ def test_bulk_create_row_scope():
 
 
 def test_bulk_update_each_row_keeps_its_tenant(orgs):
-    records = [TenantRecord.objects.create(organisation=orgs[i % 2], secret="old") for i in range(6)]
+    records = [
+        TenantRecord.objects.create(organisation=orgs[i % 2], secret="old") for i in range(6)
+    ]
     records = list(TenantRecord.objects.order_by("pk"))
     for i, record in enumerate(records):
         record.secret = f"new {i}"
@@ -158,18 +160,22 @@ def test_queryset_update_tenant_scope_refuses(orgs, stored):
     token = stored(record, "secret")
     # QuerySet.update() marks the transaction for rollback on any error, so
     # the test uses a savepoint to read the table afterwards.
-    with pytest.raises(FieldError, match=r"TenantRecord.secret uses key_scope='tenant'"):
-        with transaction.atomic():
-            TenantRecord.objects.update(secret="plain")
+    with (
+        pytest.raises(FieldError, match=r"TenantRecord.secret uses key_scope='tenant'"),
+        transaction.atomic(),
+    ):
+        TenantRecord.objects.update(secret="plain")
 
     assert stored(record, "secret") == token
 
 
 def test_queryset_update_of_tenant_refuses(orgs, stored):
     record = TenantRecord.objects.create(organisation=orgs[0], secret="keep")
-    with pytest.raises(FieldError, match="would leave secret, details, score encrypted"):
-        with transaction.atomic():
-            TenantRecord.objects.update(organisation=orgs[1])
+    with (
+        pytest.raises(FieldError, match="would leave secret, details, score encrypted"),
+        transaction.atomic(),
+    ):
+        TenantRecord.objects.update(organisation=orgs[1])
 
     assert TenantRecord.objects.get(pk=record.pk).organisation_id == orgs[0].pk
     # Moving the tenant while clearing every tenant-scoped value is safe.
@@ -202,9 +208,11 @@ def test_save_moves_values_to_the_new_tenant(orgs, stored):
 def test_update_with_unsupported_expression_raises(orgs, expression, stored):
     record = TenantRecord.objects.create(organisation=orgs[0], secret="keep", label="l")
     token = stored(record, "secret")
-    with pytest.raises(FieldError, match="cannot be set to the SQL expression"):
-        with transaction.atomic():
-            TenantRecord.objects.update(secret=expression())
+    with (
+        pytest.raises(FieldError, match="cannot be set to the SQL expression"),
+        transaction.atomic(),
+    ):
+        TenantRecord.objects.update(secret=expression())
     assert stored(record, "secret") == token
 
 
@@ -230,9 +238,11 @@ def test_save_with_value_expression_encrypts(orgs):
 def test_save_with_sql_expression_raises(orgs):
     record = TenantRecord.objects.create(organisation=orgs[0], secret="x", label="y")
     record.secret = Concat(F("label"), Value("!"))
-    with pytest.raises(FieldError, match="cannot be set to the SQL expression"):
-        with transaction.atomic():
-            record.save()
+    with (
+        pytest.raises(FieldError, match="cannot be set to the SQL expression"),
+        transaction.atomic(),
+    ):
+        record.save()
     assert TenantRecord.objects.get(pk=record.pk).secret == "x"
 
 
@@ -254,7 +264,9 @@ def test_values_and_values_list(orgs):
     TenantRecord.objects.create(organisation=orgs[1], secret="b", details={"k": 2}, score=2)
 
     assert sorted(TenantRecord.objects.values_list("secret", flat=True)) == ["a", "b"]
-    rows = sorted(TenantRecord.objects.values("secret", "details", "score"), key=lambda r: r["score"])
+    rows = sorted(
+        TenantRecord.objects.values("secret", "details", "score"), key=lambda r: r["score"]
+    )
     assert rows == [
         {"secret": "a", "details": {"k": 1}, "score": 1},
         {"secret": "b", "details": {"k": 2}, "score": 2},
@@ -271,9 +283,9 @@ def test_values_across_a_join(orgs):
 
     assert list(Visit.objects.values_list("record__secret", "note")) == [("joined", "visit note")]
     assert list(orgs[0].records.values_list("secret", flat=True)) == ["joined"]
-    assert list(Organisation.objects.filter(pk=orgs[0].pk).values_list("records__secret", flat=True)) == [
-        "joined"
-    ]
+    assert list(
+        Organisation.objects.filter(pk=orgs[0].pk).values_list("records__secret", flat=True)
+    ) == ["joined"]
 
 
 def test_annotation_of_encrypted_column(orgs):

@@ -44,7 +44,9 @@ def test_encryption_context_is_enforced(request, provider_name):
     master = get_settings().master_key_id
     generated = provider.generate_data_key(master, CONTEXT)
     with pytest.raises(KeyProviderError) as excinfo:
-        provider.decrypt_data_key(generated.wrapped, generated.master_key_id, {"scope": "tenant:43"})
+        provider.decrypt_data_key(
+            generated.wrapped, generated.master_key_id, {"scope": "tenant:43"}
+        )
     assert excinfo.value.code == "InvalidCiphertextException"
 
 

@@ -28,8 +28,13 @@ def data():
 def dump(fmt="json"):
     output = io.StringIO()
     call_command(
-        "dumpdata", "testapp.organisation", "testapp.note", "testapp.tenantrecord",
-        "testapp.rowrecord", format=fmt, stdout=output,
+        "dumpdata",
+        "testapp.organisation",
+        "testapp.note",
+        "testapp.tenantrecord",
+        "testapp.rowrecord",
+        format=fmt,
+        stdout=output,
     )
     return output.getvalue()
 

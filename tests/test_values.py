@@ -6,6 +6,7 @@ import zoneinfo
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.test import override_settings
 
 from django_kms_fields import ciphers
@@ -126,7 +127,9 @@ def test_aware_datetime_keeps_the_instant():
     [
         datetime.datetime(2030, 10, 27, 2, 30, tzinfo=zoneinfo.ZoneInfo("America/New_York")),
         datetime.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=PARIS),
-        datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=5, minutes=45))),
+        datetime.datetime(
+            2024, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=5, minutes=45))
+        ),
     ],
 )
 def test_datetime_handling_matches_django(moment):
@@ -178,7 +181,7 @@ def test_integer_range_validation():
 
 
 def test_invalid_integer_is_rejected_before_writing():
-    with pytest.raises(ValueError, match="expected a number"):
+    with pytest.raises(ValueError, match="expected a number"), transaction.atomic():
         Note.objects.create(number="twelve")
     assert Note.objects.count() == 0
 

@@ -1,0 +1,46 @@
+# Set-up and checks for django-kms-fields. Every target creates .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+
+# Extra packages by database: mysqlclient builds against libmariadb-dev.
+ifneq ($(filter mysql%,$(DATABASE_URL)),)
+TEST_EXTRAS := test,mysql
+else
+TEST_EXTRAS := test
+endif
+
+.PHONY: test lint typecheck tox clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "Python 3.10 or newer is required (set PYTHON=python3.x)."; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet -e ".[$*]"
+	touch $@
+
+## test: run the test suite (SQLite; set DATABASE_URL for PostgreSQL or MariaDB)
+test: $(VENV)/.installed-$(TEST_EXTRAS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## lint: ruff
+lint: $(VENV)/.installed-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## typecheck: mypy with django-stubs
+typecheck: $(VENV)/.installed-typecheck
+	$(BIN)/mypy
+
+## tox: the Django and Python matrix of tox.ini
+tox: $(VENV)/.installed-test
+	$(PIP) install --quiet "tox>=4"
+	PYENV_VERSION=$${PYENV_VERSION:-$$(ls $$HOME/.pyenv/versions 2>/dev/null | grep -E '^3\.1[0-3]\.' | tr '\n' ':')} \
+		$(BIN)/tox run-parallel --parallel 2 $(TOX_ARGS)
+
+clean:
+	rm -rf $(VENV) .tox .pytest_cache .mypy_cache .ruff_cache *.egg-info
