@@ -11,7 +11,7 @@ else
 TEST_EXTRAS := test
 endif
 
-.PHONY: test lint typecheck tox clean
+.PHONY: test lint typecheck docs tox clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
@@ -36,11 +36,18 @@ lint: $(VENV)/.installed-lint
 typecheck: $(VENV)/.installed-typecheck
 	$(BIN)/mypy
 
+# Interpreters for tox: pyenv's Python 3.10 to 3.13, where pyenv installed them.
+PYENV_BINS := $(subst $(eval) ,:,$(wildcard $(HOME)/.pyenv/versions/3.1[0-3].*/bin))
+
+## docs: build the documentation, failing on any warning
+docs: $(VENV)/.installed-docs
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+	$(BIN)/sphinx-build -W --keep-going -b doctest docs docs/_build/doctest
+
 ## tox: the Django and Python matrix of tox.ini
-tox: $(VENV)/.installed-test
+tox: | $(BIN)/python
 	$(PIP) install --quiet "tox>=4"
-	PYENV_VERSION=$${PYENV_VERSION:-$$(ls $$HOME/.pyenv/versions 2>/dev/null | grep -E '^3\.1[0-3]\.' | tr '\n' ':')} \
-		$(BIN)/tox run-parallel --parallel 2 $(TOX_ARGS)
+	PATH="$(PYENV_BINS):$$PATH" $(BIN)/tox run-parallel --parallel 2 --parallel-no-spinner $(TOX_ARGS)
 
 clean:
 	rm -rf $(VENV) .tox .pytest_cache .mypy_cache .ruff_cache *.egg-info

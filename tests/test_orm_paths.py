@@ -460,3 +460,30 @@ def test_transaction_usable_after_encryption_error(orgs):
             TenantRecord.objects.create(organisation=None, secret="orphan")
         TenantRecord.objects.create(organisation=orgs[0], secret="after")
     assert TenantRecord.objects.get().secret == "after"
+
+
+def test_subquery_of_encrypted_column(orgs):
+    from django.db.models import OuterRef, Subquery
+
+    record = TenantRecord.objects.create(organisation=orgs[0], secret="from a subquery")
+    Visit.objects.create(record=record, note="n")
+    newest = TenantRecord.objects.filter(pk=OuterRef("record")).values("secret")[:1]
+    visit = Visit.objects.annotate(record_secret=Subquery(newest)).get()
+    assert visit.record_secret == "from a subquery"
+    assert list(Visit.objects.annotate(s=Subquery(newest)).values_list("s", flat=True)) == [
+        "from a subquery"
+    ]
+
+
+def test_union_of_querysets(orgs):
+    TenantRecord.objects.create(organisation=orgs[0], secret="first", label="a")
+    TenantRecord.objects.create(organisation=orgs[1], secret="second", label="b")
+    first = TenantRecord.objects.filter(label="a")
+    second = TenantRecord.objects.filter(label="b")
+    assert sorted(r.secret for r in first.union(second)) == ["first", "second"]
+    assert sorted(
+        first.values_list("secret", flat=True).union(second.values_list("secret", flat=True))
+    ) == [
+        "first",
+        "second",
+    ]
