@@ -43,7 +43,9 @@ EAGER_MARKER = "|"
 
 def _as_text(connection: BaseDatabaseWrapper, sql: str) -> str:
     if connection.vendor == "mysql":
-        return f"CAST({sql} AS CHAR)"
+        # CONCAT() converts numbers itself. CAST(... AS CHAR) would take the
+        # connection's collation, and UNION rejects the mix with the column's.
+        return sql
     if connection.vendor == "postgresql":
         return f"({sql})::text"
     return f"CAST({sql} AS TEXT)"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import django
 from django.conf import settings
 from django.core import checks, validators
-from django.core.exceptions import FieldDoesNotExist, FieldError
+from django.core.exceptions import FieldDoesNotExist, FieldError, ValidationError
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, models
 from django.db import connection as default_connection
 from django.db.models import Value, signals
@@ -236,7 +236,14 @@ class EncryptedField(models.Field):
         cache = self._scope_cache
         scope = cache.get(value)
         if scope is None:
-            canonical = str(self._context_value_field.to_python(value))
+            # An empty context is a NULL tenant: no value can decrypt under it.
+            canonical = "" if value == "" else str(self._context_value_field.to_python(value))
+            if LAZY_MARKER in canonical or EAGER_MARKER in canonical:
+                raise EncryptionError(
+                    f"{self.qualified_name} cannot use {self.key_scope} id {canonical!r}: "
+                    f"ids that scope data keys must not contain {LAZY_MARKER!r} or "
+                    f"{EAGER_MARKER!r}."
+                )
             if self.key_scope == TENANT:
                 scope = f"tenant:{canonical}"
             else:
@@ -378,7 +385,9 @@ class EncryptedField(models.Field):
                 return SealedValue(value[1:], GLOBAL)
             return self._decrypt(value, GLOBAL, connection.alias, None)
 
-        separator = max(value.rfind(LAZY_MARKER), value.rfind(EAGER_MARKER))
+        # The context (a tenant id or primary key) never contains a marker,
+        # so the first marker ends it, whatever the stored value contains.
+        separator = _first_marker(value)
         if separator < 0:
             if isinstance(expression, EncryptedCol):
                 # raw(): the query did not select the tenant, so the instance's is used.
@@ -451,9 +460,12 @@ class EncryptedField(models.Field):
             )
             if self.key_scope == TENANT and context is not None:
                 assert self.context_field is not None
-                rows = rows.filter(**{self.context_field.attname: context})
+                if context == "":
+                    rows = rows.filter(**{f"{self.context_field.attname}__isnull": True})
+                else:
+                    rows = rows.filter(**{self.context_field.attname: context})
             pks = list(rows.values_list("pk", flat=True)[:2])
-        except DatabaseError:
+        except (DatabaseError, ValueError, ValidationError):
             return "unknown"
         return pks[0] if len(pks) == 1 else "unknown"
 
@@ -628,6 +640,16 @@ class EncryptedField(models.Field):
 
 
 _MISSING = object()
+
+
+def _first_marker(value: str) -> int:
+    lazy = value.find(LAZY_MARKER)
+    eager = value.find(EAGER_MARKER)
+    if lazy < 0:
+        return eager
+    if eager < 0:
+        return lazy
+    return min(lazy, eager)
 
 
 def _called_by_schema_editor() -> bool:

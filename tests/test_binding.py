@@ -225,3 +225,14 @@ def test_no_plaintext_in_logs(caplog, orgs):
     for record in caplog.records:
         assert SECRET not in record.getMessage()
         assert SECRET not in str(getattr(record, "params", ""))
+
+
+def test_value_whose_tenant_was_cleared_fails(orgs, write_raw):
+    record = TenantRecord.objects.create(organisation=orgs[0], secret=SECRET)
+    write_raw(record, "organisation", None)
+
+    with pytest.raises(DecryptionError) as excinfo:
+        TenantRecord.objects.get(pk=record.pk).secret
+    assert "scope 'tenant:'" in str(excinfo.value)
+    with pytest.raises(DecryptionError):
+        list(TenantRecord.objects.values_list("secret", flat=True))

@@ -427,10 +427,21 @@ def test_uuid_tenant(kms):
 
 
 def test_plain_text_tenant_field():
-    CodedRecord.objects.create(tenant_code="acme|~weird", secret="coded")
+    CodedRecord.objects.create(tenant_code="acme-eu", secret="coded ~|~ value")
     CodedRecord.objects.create(tenant_code="globex", secret="other")
-    assert sorted(CodedRecord.objects.values_list("secret", flat=True)) == ["coded", "other"]
-    assert CodedRecord.objects.get(tenant_code="acme|~weird").secret == "coded"
+    assert sorted(CodedRecord.objects.values_list("secret", flat=True)) == [
+        "coded ~|~ value",
+        "other",
+    ]
+    assert CodedRecord.objects.get(tenant_code="acme-eu").secret == "coded ~|~ value"
+
+
+def test_tenant_ids_with_markers_are_rejected():
+    from django_kms_fields.exceptions import EncryptionError
+
+    with pytest.raises(EncryptionError, match="must not contain"), transaction.atomic():
+        CodedRecord.objects.create(tenant_code="acme|weird", secret="x")
+    assert CodedRecord.objects.count() == 0
 
 
 def test_multi_table_inheritance():
