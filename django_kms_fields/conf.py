@@ -98,7 +98,12 @@ def validate(raw: object) -> tuple[KmsFieldsSettings | None, list[str]]:
             "for 'local'."
         )
         master_key_id = ""
-    elif provider == "local" and local_keys is not None and master_key_id not in local_keys:
+    elif (
+        provider == "local"
+        and local_keys is not None
+        and master_key_id not in local_keys
+        and master_key_id not in values["LOCAL_MASTER_KEYS"]  # else reported as malformed
+    ):
         errors.append(
             f"KMS_FIELDS['MASTER_KEY_ID'] is {master_key_id!r}, which is not a key "
             f"name in LOCAL_MASTER_KEYS (names: {sorted(local_keys)})."

@@ -334,11 +334,14 @@ class EncryptedField(models.Field):
             raise EncryptionError(
                 f"{self.qualified_name}: a sealed value reached the database without its row."
             )
+        if _called_by_schema_editor():
+            if not self._table_has_rows(connection):
+                # A column added to an empty table: no row needs the default,
+                # and the DataKey table may not exist yet on a new database.
+                return None
+            _require_data_key_table(self, connection)
         if self.key_scope == GLOBAL:
             return self._encrypt(value, GLOBAL, connection)
-        if _called_by_schema_editor() and not self._table_has_rows(connection):
-            # Adding the column to an empty table: no row needs the default.
-            return None
         raise FieldError(
             f"{self.qualified_name} uses key_scope={self.key_scope!r}, so its values can only "
             "be written through model instances (save(), create(), bulk_create(), "
@@ -353,8 +356,24 @@ class EncryptedField(models.Field):
         return self.get_db_prep_save(value, connection)
 
     def _encrypt(self, value: Any, scope: str, connection: BaseDatabaseWrapper) -> str:
-        plaintext = self.plaintext_from_value(value)
+        try:
+            plaintext = self.plaintext_from_value(value)
+        except _InvalidValue:
+            raise
+        except (TypeError, ValueError, ValidationError) as error:
+            # Django's conversion errors quote the value, which may be secret.
+            raise type(error)(
+                f"{self.qualified_name} cannot store this {type(value).__name__}: it is not "
+                f"a valid value for {self.plaintext_type_name()}."
+            ) from None
         return get_keyring().encrypt(plaintext, scope, self.label, connection.alias)
+
+    def plaintext_type_name(self) -> str:
+        """The Django field class whose values this field stores, such as ``IntegerField``."""
+        for base in type(self).__mro__:
+            if base.__module__.startswith("django.db.models") and issubclass(base, models.Field):
+                return base.__name__
+        return type(self).__name__
 
     def _table_has_rows(self, connection: BaseDatabaseWrapper) -> bool:
         return self.model._base_manager.using(connection.alias).exists()
@@ -415,8 +434,13 @@ class EncryptedField(models.Field):
         """Decrypt a token; ``pk`` (or the row's ``context`` text) only serves error messages."""
         try:
             plaintext = get_keyring().decrypt(token, scope, self.label, alias)
-        except (ciphers.InvalidToken, DataKeyNotFound):
+        except ciphers.InvalidToken:
             message = self._decryption_error_message(token, scope, alias, pk, context)
+            raise DecryptionError(message) from None
+        except DataKeyNotFound:
+            message = self._decryption_error_message(
+                token, scope, alias, pk, context, key_missing=True
+            )
             raise DecryptionError(message) from None
         except KeyProviderError as error:
             if error.code != "InvalidCiphertextException":
@@ -428,7 +452,14 @@ class EncryptedField(models.Field):
         return self.value_from_plaintext(plaintext)
 
     def _decryption_error_message(
-        self, token: str, scope: str, alias: str, pk: Any, context: str | None
+        self,
+        token: str,
+        scope: str,
+        alias: str,
+        pk: Any,
+        context: str | None,
+        *,
+        key_missing: bool = False,
     ) -> str:
         if ciphers.looks_like_token(token):
             key_id = token[len(ciphers.PREFIX) : ciphers.HEADER_LENGTH]
@@ -442,10 +473,15 @@ class EncryptedField(models.Field):
             pk = self._context_value_field.to_python(context)
         elif pk is None:
             pk = self._find_pk(token, alias, context)
+        if key_missing:
+            return (
+                f"Cannot decrypt {self.qualified_name} of the row with pk={pk!r}: its data "
+                f"key {key_id} (scope {scope!r}) no longer exists."
+            )
         return (
             f"Cannot decrypt {self.qualified_name} of the row with pk={pk!r} "
-            f"(data key {key_id}, scope {scope!r}). The value was altered, copied from "
-            "another row, tenant or field, or its data key was deleted."
+            f"(data key {key_id}, scope {scope!r}). The value was altered, or copied from "
+            "another row, tenant or field."
         )
 
     def _find_pk(self, token: str, alias: str, context: str | None) -> Any:
@@ -642,6 +678,10 @@ class EncryptedField(models.Field):
 _MISSING = object()
 
 
+class _InvalidValue(ValueError):
+    """An invalid value, raised with a message that does not quote the value."""
+
+
 def _first_marker(value: str) -> int:
     lazy = value.find(LAZY_MARKER)
     eager = value.find(EAGER_MARKER)
@@ -650,6 +690,17 @@ def _first_marker(value: str) -> int:
     if eager < 0:
         return lazy
     return min(lazy, eager)
+
+
+def _require_data_key_table(field: EncryptedField, connection: BaseDatabaseWrapper) -> None:
+    from .models import DataKey
+
+    if DataKey._meta.db_table not in connection.introspection.table_names():
+        raise FieldError(
+            f"This migration encrypts a default for {field.qualified_name}, which needs "
+            "django_kms_fields' DataKey table. Add ('django_kms_fields', '0001_initial') "
+            "to the migration's dependencies."
+        )
 
 
 def _called_by_schema_editor() -> bool:
@@ -735,10 +786,12 @@ def _guard_tenant_updates(tenant: Any, dependents: list[EncryptedField]) -> None
         missing = [field.name for field in dependents if field not in updated]
         if missing:
             raise FieldError(
-                f"Updating {tenant.model._meta.label}.{tenant.name} with QuerySet.update() "
-                f"would leave {', '.join(missing)} encrypted under the old tenant's data key, "
-                "and they could no longer be decrypted. Change the tenant with save() or "
-                "bulk_update() and include those fields."
+                f"An update of {tenant.model._meta.label}.{tenant.name} that does not also "
+                f"write {', '.join(missing)} would leave them encrypted under the old "
+                "tenant's data key, and they could no longer be decrypted. Change the tenant "
+                "with save() (without update_fields), or list those fields in update_fields "
+                "or bulk_update(); QuerySet.update() can only move rows whose values it sets "
+                "to None."
             )
 
     if django.VERSION >= (6, 1):
@@ -796,7 +849,16 @@ class EncryptedIntegerField(EncryptedField, models.IntegerField):
     """Encrypted integer. Its range is that of ``IntegerField`` on the default database."""
 
     def plaintext_from_value(self, value: Any) -> bytes:
-        return str(self.get_prep_value(value)).encode()
+        number = self.get_prep_value(value)
+        # A plain IntegerField's column rejects numbers out of range.
+        min_value, max_value = default_connection.ops.integer_field_range("IntegerField")
+        if (min_value is not None and number < min_value) or (
+            max_value is not None and number > max_value
+        ):
+            raise _InvalidValue(
+                f"{self.qualified_name} only stores integers from {min_value} to {max_value}."
+            )
+        return str(number).encode()
 
     def value_from_plaintext(self, data: bytes) -> int:
         return int(data)
@@ -836,7 +898,7 @@ class EncryptedDateTimeField(EncryptedField, models.DateTimeField):  # type: ign
         if settings.USE_TZ:
             value = value.astimezone(datetime.timezone.utc)
         elif timezone.is_aware(value):
-            raise ValueError(
+            raise _InvalidValue(
                 f"{self.qualified_name} cannot store a timezone-aware datetime when USE_TZ "
                 "is False."
             )

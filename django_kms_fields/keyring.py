@@ -24,6 +24,7 @@ rows. Its invariants:
 
 from __future__ import annotations
 
+import atexit
 import collections
 import functools
 import logging
@@ -640,6 +641,21 @@ def _recording_batch(max_encryptions: int) -> int:
 
 keyring = Keyring()
 os.register_at_fork(after_in_child=keyring._after_fork_in_child)
+
+
+@atexit.register
+def _record_counts_at_exit() -> None:
+    """Write encryption counts that are still in memory when the process exits normally."""
+    aliases = {alias for alias, _ in keyring._unrecorded} | {
+        entry.alias for entry in keyring._entries.values() if entry.unrecorded
+    }
+    for alias in aliases:
+        try:
+            if not connections[alias].in_atomic_block:
+                keyring._write_counts(alias)
+        except Exception:
+            # The interpreter is shutting down: report and carry on.
+            logger.warning("Could not record encryption counts at exit.", exc_info=True)
 
 
 def get_keyring() -> Keyring:

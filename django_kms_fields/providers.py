@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from .conf import KmsFieldsSettings, get_settings
@@ -224,6 +225,19 @@ class LocalProvider(KeyProvider):
 
     name = "local"
     _VERSION = b"LK1"
+
+    def __init__(self, settings: KmsFieldsSettings) -> None:
+        from django.conf import settings as django_settings
+
+        if not django_settings.DEBUG and not settings.allow_local_provider:
+            # The system check E004 reports this too, but a WSGI server or a
+            # shell does not run system checks.
+            raise ImproperlyConfigured(
+                "The local key provider keeps its master keys in the settings and is refused "
+                "with DEBUG = False. Use PROVIDER 'aws', or set "
+                "KMS_FIELDS['ALLOW_LOCAL_PROVIDER'] = True outside production."
+            )
+        super().__init__(settings)
 
     def _master_key(self, master_key_id: str) -> AESGCM:
         try:

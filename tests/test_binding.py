@@ -151,6 +151,7 @@ def test_deleted_data_key_fails(orgs):
     with pytest.raises(DecryptionError) as excinfo:
         TenantRecord.objects.get(pk=record.pk).secret
     assert_clean_error(excinfo, "testapp.TenantRecord", "secret", record.pk)
+    assert "no longer exists" in str(excinfo.value)
 
 
 def test_tampered_data_key_fails(orgs):

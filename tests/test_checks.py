@@ -218,3 +218,21 @@ def test_indexes_constraints_and_ordering_on_encrypted_fields():
 
 def test_project_checks_pass():
     assert [m for m in checks.run_checks() if m.level >= checks.ERROR] == []
+
+
+def test_malformed_master_key_is_reported_once(settings):
+    settings.KMS_FIELDS = {**local_settings(), "LOCAL_MASTER_KEYS": {"primary": "c2hvcnQ="}}
+    messages = [m.msg for m in check_settings()]
+    assert len(messages) == 1
+    assert "must be base64 of 32 random bytes" in messages[0]
+
+
+def test_local_provider_refused_at_runtime_without_debug(settings):
+    from django_kms_fields.providers import get_provider
+
+    settings.DEBUG = False
+    settings.KMS_FIELDS = {**local_settings(), "ALLOW_LOCAL_PROVIDER": False}
+    with pytest.raises(ImproperlyConfigured, match="refused with DEBUG = False"):
+        get_provider()
+    settings.DEBUG = True
+    assert get_provider().name == "local"

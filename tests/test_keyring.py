@@ -337,3 +337,13 @@ def test_manual_savepoint_rollback_of_new_key(kms):
     clear_data_key_cache()
     assert TenantRecord.objects.get(pk=record.pk).secret == "kept"
     assert ("default", f"tenant:{organisation.pk}") not in keyring._active
+
+
+@pytest.mark.django_db(transaction=True)
+def test_counts_are_written_at_exit(kms, settings):
+    from django_kms_fields.keyring import _record_counts_at_exit
+
+    Note.objects.bulk_create([Note(text="x") for _ in range(3)])
+    assert DataKey.objects.get().encryption_count == 0
+    _record_counts_at_exit()
+    assert DataKey.objects.get().encryption_count == 3

@@ -105,3 +105,18 @@ def test_add_tenant_field_with_default_to_empty_table():
         assert historical.objects.get(pk=record.pk).motto == "x"
     finally:
         revert()
+
+
+@pytest.mark.usefixtures("kms")
+@pytest.mark.django_db(transaction=True)
+def test_add_field_with_default_to_empty_table_needs_no_data_key():
+    from django_kms_fields.models import DataKey
+
+    state, revert = apply_add_field("note", "greeting", EncryptedTextField(default="hello"))
+    try:
+        assert DataKey.objects.count() == 0
+        historical = state.apps.get_model("testapp", "Note")
+        note = historical.objects.create(title="after")
+        assert historical.objects.get(pk=note.pk).greeting == "hello"
+    finally:
+        revert()

@@ -172,7 +172,7 @@ def test_queryset_update_tenant_scope_refuses(orgs, stored):
 def test_queryset_update_of_tenant_refuses(orgs, stored):
     record = TenantRecord.objects.create(organisation=orgs[0], secret="keep")
     with (
-        pytest.raises(FieldError, match="would leave secret, details, score encrypted"),
+        pytest.raises(FieldError, match="also write secret, details, score would leave them"),
         transaction.atomic(),
     ):
         TenantRecord.objects.update(organisation=orgs[1])

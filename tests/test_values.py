@@ -180,9 +180,22 @@ def test_integer_range_validation():
         Note(title="t", number=2**70).full_clean()
 
 
-def test_invalid_integer_is_rejected_before_writing():
-    with pytest.raises(ValueError, match="expected a number"), transaction.atomic():
-        Note.objects.create(number="twelve")
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("number", "SECRET-twelve"), ("day", "SECRET-not-a-date"), ("document", {1j: "SECRET"})],
+)
+def test_invalid_value_error_does_not_quote_it(field, value):
+    with pytest.raises((ValueError, TypeError, ValidationError)) as excinfo, transaction.atomic():
+        Note.objects.create(**{field: value})
+    assert f"testapp.Note.{field} cannot store this" in str(excinfo.value)
+    assert "SECRET" not in str(excinfo.value)
+    assert excinfo.value.__cause__ is None
+    assert Note.objects.count() == 0
+
+
+def test_integer_out_of_range_is_rejected_on_save():
+    with pytest.raises(ValueError, match="only stores integers from"), transaction.atomic():
+        Note.objects.create(number=2**70)
     assert Note.objects.count() == 0
 
 
