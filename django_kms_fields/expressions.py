@@ -12,9 +12,10 @@ Reading
     - ``|``: the value goes to ``values()``, ``values_list()`` or an
       annotation and is decrypted at once.
 
-    A global-scope column needs no context: it is selected as ``'~' || token``
-    for instances and as the bare token otherwise. Tokens never contain ``~``
-    or ``|``.
+    A global-scope column needs no context and is selected as
+    ``<marker> || <token>``. Values that arrive without a marker come from
+    ``raw()`` or from SQL functions over the column. Tokens never contain
+    ``~`` or ``|``.
 
 Writing
     The database must only ever receive tokens. ``check_write_expression()``
@@ -76,13 +77,11 @@ class EncryptedCol(Col):
         )
         connection = compiler.connection
         context_field = field.context_field
+        marker = EAGER_MARKER if eager else LAZY_MARKER
         if context_field is None:
-            if eager:
-                return sql, tuple(params)
-            return _concat(connection, [f"'{LAZY_MARKER}'", sql]), tuple(params)
+            return _concat(connection, [f"'{marker}'", sql]), tuple(params)
 
         context_sql, context_params = compiler.compile(Col(self.alias, context_field))
-        marker = EAGER_MARKER if eager else LAZY_MARKER
         return (
             _concat(
                 connection,

@@ -169,11 +169,13 @@ class EncryptedField(models.Field):
         key_scope: str = GLOBAL,
         tenant_field: str | None = None,
         associated_data_label: str | None = None,
+        legacy_plaintext: bool = False,
         **kwargs: Any,
     ) -> None:
         self.key_scope = key_scope
         self.tenant_field = tenant_field
         self.associated_data_label = associated_data_label
+        self.legacy_plaintext = legacy_plaintext
         super().__init__(*args, **kwargs)
 
     def deconstruct(self) -> Any:
@@ -184,6 +186,8 @@ class EncryptedField(models.Field):
             kwargs["tenant_field"] = self.tenant_field
         if self.associated_data_label is not None:
             kwargs["associated_data_label"] = self.associated_data_label
+        if self.legacy_plaintext:
+            kwargs["legacy_plaintext"] = True
         return name, path, args, kwargs
 
     def contribute_to_class(self, cls: Any, name: str, private_only: bool = False) -> None:
@@ -286,6 +290,10 @@ class EncryptedField(models.Field):
         """Decode decrypted bytes into the Python value."""
         return self.to_python(data.decode())
 
+    def value_from_legacy_text(self, text: str) -> Any:
+        """Convert a value stored before the column was encrypted (``legacy_plaintext``)."""
+        return self.to_python(text)
+
     # Writing
 
     def pre_save(self, model_instance: Any, add: bool) -> Any:
@@ -309,8 +317,14 @@ class EncryptedField(models.Field):
                 return value
         scope = self.scope_for_instance(instance)
         if value.__class__ is SealedValue:
-            if value.scope == scope:
+            if value.scope == scope and ciphers.looks_like_token(value.token):
                 return _Ciphertext(value.token)
+            if not ciphers.looks_like_token(value.token):
+                # Legacy plaintext (or garbage): unseal() accepts it only with
+                # legacy_plaintext=True, and the save then encrypts it.
+                value = self.unseal(instance, value)
+                data[self.attname] = value
+                return _PendingEncryption(value, scope)
             if value.scope is None:
                 # Read by raw(): check that the token belongs to this row, then keep it.
                 self._decrypt(value.token, scope, instance._state.db, instance.pk)
@@ -400,8 +414,13 @@ class EncryptedField(models.Field):
         if value is None:
             return None
         if self.key_scope == GLOBAL:
-            if value[:1] == LAZY_MARKER:
+            marker = value[:1]
+            if marker == LAZY_MARKER:
                 return SealedValue(value[1:], GLOBAL)
+            if marker == EAGER_MARKER:
+                return self._decrypt(value[1:], GLOBAL, connection.alias, None)
+            # NOTE: a legacy plaintext value that starts with a marker and is
+            # read with raw() would lose that character here.
             return self._decrypt(value, GLOBAL, connection.alias, None)
 
         # The context (a tenant id or primary key) never contains a marker,
@@ -432,6 +451,8 @@ class EncryptedField(models.Field):
         self, token: str, scope: str, alias: str, pk: Any, context: str | None = None
     ) -> Any:
         """Decrypt a token; ``pk`` (or the row's ``context`` text) only serves error messages."""
+        if self.legacy_plaintext and not ciphers.looks_like_token(token):
+            return self.value_from_legacy_text(token)
         try:
             plaintext = get_keyring().decrypt(token, scope, self.label, alias)
         except ciphers.InvalidToken:
@@ -905,7 +926,16 @@ class EncryptedDateTimeField(EncryptedField, models.DateTimeField):  # type: ign
         return value.isoformat().encode()
 
     def value_from_plaintext(self, data: bytes) -> datetime.datetime:
-        value = datetime.datetime.fromisoformat(data.decode())
+        return self._normalize(datetime.datetime.fromisoformat(data.decode()))
+
+    def value_from_legacy_text(self, text: str) -> datetime.datetime:
+        # A converted DateTimeField column holds the database's text form,
+        # such as "2024-01-01 10:00:00+00" on PostgreSQL.
+        value = self.to_python(text)
+        assert value is not None
+        return self._normalize(value)
+
+    def _normalize(self, value: datetime.datetime) -> datetime.datetime:
         if settings.USE_TZ:
             if timezone.is_naive(value):
                 return value.replace(tzinfo=datetime.timezone.utc)
@@ -929,6 +959,9 @@ class EncryptedJSONField(EncryptedField, models.JSONField):
 
     def value_from_plaintext(self, data: bytes) -> Any:
         return json.loads(data, cls=self.decoder)
+
+    def value_from_legacy_text(self, text: str) -> Any:
+        return json.loads(text, cls=self.decoder)
 
     def get_internal_type(self) -> str:
         # Django's XML serializer reads and writes JSON fields by this name.

@@ -241,6 +241,43 @@ class Keyring:
                 return self._resolve_active(scope, alias)
             return self._create(scope, alias)
 
+    def rewrap(self, alias: str, numeric_id: int, destination_master_key_id: str) -> bool:
+        """Wrap a stored data key under another master key; return whether it changed.
+
+        The row is locked and read again inside the transaction, so that two
+        runs never both re-wrap it. The plaintext key does not change, so
+        cached entries stay valid.
+        """
+        from .models import DataKey
+
+        with transaction.atomic(using=alias):
+            rows = list(
+                DataKey.objects.using(alias)
+                .select_for_update()
+                .filter(pk=numeric_id)
+                .values_list("scope", "master_key_id", "wrapped_key")
+            )
+            if not rows or rows[0][1] == destination_master_key_id:
+                return False
+            scope, master_key_id, wrapped_key = rows[0]
+            wrapped, new_master_key_id = get_provider().rewrap_data_key(
+                bytes(wrapped_key),
+                master_key_id,
+                destination_master_key_id,
+                encryption_context(scope),
+            )
+            self._count_call("ReEncrypt")
+            DataKey.objects.using(alias).filter(pk=numeric_id).update(
+                wrapped_key=wrapped, master_key_id=new_master_key_id
+            )
+        return True
+
+    def resolve_master_key_id(self, master_key_id: str) -> str:
+        """Return the canonical id of a master key (its ARN for AWS KMS)."""
+        resolved = get_provider().resolve_master_key_id(master_key_id)
+        self._count_call("DescribeKey")
+        return resolved
+
     def forget_scopes(self, alias: str, scopes: Iterable[str]) -> None:
         """Drop the cached keys of ``scopes``, for example after their rows were deleted."""
         scopes = set(scopes)

@@ -88,6 +88,13 @@ class KeyProvider:
         """Wrap a data key under another master key; return the new wrapped key and key id."""
         raise NotImplementedError
 
+    def resolve_master_key_id(self, master_key_id: str) -> str:
+        """Return the id that ``generate_data_key()`` records for ``master_key_id``.
+
+        Raises ``KeyProviderError`` when the master key does not exist.
+        """
+        return master_key_id
+
 
 class AwsKmsProvider(KeyProvider):
     """AWS KMS through boto3.
@@ -202,6 +209,12 @@ class AwsKmsProvider(KeyProvider):
         )
         return response["CiphertextBlob"], response["KeyId"]
 
+    def resolve_master_key_id(self, master_key_id: str) -> str:
+        # Aliases and key ids resolve to the key ARN, which KMS records.
+        response = self._call("describe_key", master_key_id, KeyId=master_key_id)
+        arn: str = response["KeyMetadata"]["Arn"]
+        return arn
+
 
 def _operation_name(method: str) -> str:
     return "".join(part.title() for part in method.split("_"))
@@ -292,6 +305,10 @@ class LocalProvider(KeyProvider):
                 "encryption context.",
                 code="InvalidCiphertextException",
             ) from None
+
+    def resolve_master_key_id(self, master_key_id: str) -> str:
+        self._master_key(master_key_id)
+        return master_key_id
 
     def rewrap_data_key(
         self,

@@ -79,6 +79,19 @@ def kms(request, settings):
     clear_data_key_cache()
 
 
+def database_url() -> str:
+    """The URL of the current test database, for subprocesses."""
+    database = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{database['NAME']}"
+    scheme = {"postgresql": "postgres", "mysql": "mysql"}[connection.vendor]
+    password = f":{database['PASSWORD']}" if database["PASSWORD"] else ""
+    return (
+        f"{scheme}://{database['USER']}{password}@{database['HOST']}:{database['PORT']}/"
+        f"{database['NAME']}"
+    )
+
+
 @pytest.fixture
 def stored():
     """Return the raw text stored in a column, read with plain SQL."""
@@ -111,3 +124,14 @@ def write_raw():
             cursor.execute(f"UPDATE {table} SET {column} = %s WHERE {pk_column} = %s", [value, pk])
 
     return write
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _forget_counts_at_end():
+    """Drop unwritten encryption counts before the test database goes away.
+
+    Otherwise the keyring's exit handler would try to write them to a
+    database that pytest-django has already destroyed.
+    """
+    yield
+    get_keyring()._reset_state()

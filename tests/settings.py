@@ -8,6 +8,7 @@ run on PostgreSQL or MariaDB, for example::
 """
 
 import os
+import tempfile
 
 import environ
 
@@ -33,6 +34,17 @@ USE_TZ = True
 TIME_ZONE = "Europe/Paris"
 
 DATABASES = {"default": env.db("DATABASE_URL", default="sqlite://:memory:")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several processes write to the same file in some tests; deferred
+    # transactions would fail with "database is locked" instead of waiting.
+    DATABASES["default"].setdefault("OPTIONS", {})["transaction_mode"] = "IMMEDIATE"
+if DATABASES["default"]["NAME"] == ":memory:":
+    # A file, so that tests can share the test database with subprocesses.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.path.join(
+            tempfile.gettempdir(), f"django_kms_fields_tests_{os.getpid()}.sqlite3"
+        )
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
     DATABASES["default"].setdefault("OPTIONS", {})["charset"] = "utf8mb4"
     DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}

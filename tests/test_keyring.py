@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connections, transaction
 
 from django_kms_fields import clear_data_key_cache
 from django_kms_fields.keyring import get_keyring
@@ -235,8 +235,6 @@ def test_concurrent_loads_share_one_decrypt(kms, monkeypatch):
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_first_writes_create_one_key(kms):
-    if connection.vendor == "sqlite":
-        pytest.skip("SQLite in memory is one connection; see the PostgreSQL process test")
     organisation = Organisation.objects.create(name="new tenant")
     barrier = threading.Barrier(6)
     errors = []

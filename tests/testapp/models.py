@@ -124,3 +124,37 @@ class Child(Organisation):
 
     motto = EncryptedTextField(null=True)
     diary = EncryptedTextField(key_scope="row", null=True)
+
+
+class LegacyPatient(models.Model):
+    """A table written before encryption: plain columns of several types."""
+
+    notes = models.TextField(null=True)
+    age = models.IntegerField(null=True)
+    admitted = models.DateTimeField(null=True)
+    history = models.JSONField(null=True)
+
+
+class EncryptedLegacyPatient(models.Model):
+    """The same table during the migration window: encrypted fields that accept plaintext."""
+
+    notes = EncryptedTextField(null=True, legacy_plaintext=True)
+    age = EncryptedIntegerField(null=True, legacy_plaintext=True)
+    admitted = EncryptedDateTimeField(null=True, legacy_plaintext=True)
+    history = EncryptedJSONField(null=True, legacy_plaintext=True)
+
+    class Meta:
+        db_table = "testapp_legacypatient"
+        managed = False
+
+
+class EncryptedPatient(models.Model):
+    """The same table after the migration window."""
+
+    notes = EncryptedTextField(
+        null=True, associated_data_label="testapp.encryptedlegacypatient.notes"
+    )
+
+    class Meta:
+        db_table = "testapp_legacypatient"
+        managed = False
