@@ -221,15 +221,16 @@ class Keyring:
 
     def rotate(
         self, scope: str, alias: str, *, expected_key_id: int | None = None
-    ) -> _DataKeyEntry:
+    ) -> tuple[_DataKeyEntry, bool]:
         """Retire the active data key of ``scope`` and create its successor.
 
-        With ``expected_key_id``, only that key is retired; if another process
-        rotated first, the current active key is returned instead.
+        Returns the active key and whether this call created it. With
+        ``expected_key_id``, only that key is retired; if another thread or
+        process rotated it first, its successor is returned instead.
         """
-        with transaction.atomic(using=alias):
-            from .models import DataKey
+        from .models import DataKey
 
+        with transaction.atomic(using=alias):
             retired = DataKey.objects.using(alias).filter(active_scope=scope)
             if expected_key_id is not None:
                 retired = retired.filter(pk=expected_key_id)
@@ -238,8 +239,8 @@ class Keyring:
             )
             self._forget_active(alias, [scope])
             if expected_key_id is not None and count == 0:
-                return self._resolve_active(scope, alias)
-            return self._create(scope, alias)
+                return self._resolve_active(scope, alias), False
+            return self._create(scope, alias), True
 
     def rewrap(self, alias: str, numeric_id: int, destination_master_key_id: str) -> bool:
         """Wrap a stored data key under another master key; return whether it changed.
@@ -424,7 +425,10 @@ class Keyring:
             entry.scope,
         )
         self._schedule_recording(entry.alias)
-        return self.rotate(entry.scope, entry.alias, expected_key_id=entry.numeric_id)
+        successor, _created = self.rotate(
+            entry.scope, entry.alias, expected_key_id=entry.numeric_id
+        )
+        return successor
 
     # Unwrapping
 

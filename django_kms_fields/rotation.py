@@ -269,8 +269,8 @@ class Rotation:
                 # moving its values: finish that instead of rotating again.
                 self.summary.scopes_resumed += 1
                 continue
-            entry = self.keyring.rotate(key.scope, self.alias, expected_key_id=key.pk)
-            if entry.numeric_id != key.pk:
+            entry, created = self.keyring.rotate(key.scope, self.alias, expected_key_id=key.pk)
+            if created:
                 self.summary.keys_created += 1
                 self.summary.keys_retired += 1
                 self.on_message(f"Rotated {key.scope}: {key.key_id} -> {entry.key_id}")
@@ -364,29 +364,30 @@ class Rotation:
         scopes = {row_fields[0]._scope_from_context(row[0]) for row in rows}
         scopes = {scope for scope in scopes if self.scope_selected(scope)}
         keys = DataKey.objects.using(self.alias).filter(scope__in=scopes)
-        active = {}
-        created = {}
-        has_retired = set()
-        for numeric_id, scope, state, created_at in keys.values_list(
+        active_ids: dict[str, int] = {}
+        created_at: dict[str, datetime.datetime] = {}
+        with_retired_keys = set()
+        for numeric_id, scope, state, created in keys.values_list(
             "id", "scope", "state", "created_at"
         ):
             if state == DataKey.State.ACTIVE:
-                active[scope] = numeric_id
-                created[scope] = created_at
+                active_ids[scope] = numeric_id
+                created_at[scope] = created
             else:
-                has_retired.add(scope)
+                with_retired_keys.add(scope)
 
         cutoff = self._older_than_cutoff()
         result = {}
-        for scope, numeric_id in active.items():
-            due = scope not in has_retired and (cutoff is None or created[scope] < cutoff)
-            if due:
-                entry = self.keyring.rotate(scope, self.alias, expected_key_id=numeric_id)
+        for scope, numeric_id in active_ids.items():
+            due = scope not in with_retired_keys and (cutoff is None or created_at[scope] < cutoff)
+            if not due:
+                result[scope] = ciphers.encode_key_id(numeric_id)
+                continue
+            entry, rotated = self.keyring.rotate(scope, self.alias, expected_key_id=numeric_id)
+            if rotated:
                 self.summary.keys_created += 1
                 self.summary.keys_retired += 1
-                result[scope] = entry.key_id
-            else:
-                result[scope] = ciphers.encode_key_id(numeric_id)
+            result[scope] = entry.key_id
         return result
 
     def _reencrypted(
