@@ -1,6 +1,7 @@
 from django.apps import AppConfig
 from django.core.signals import setting_changed
-from django.db.models.signals import post_delete
+from django.db import DEFAULT_DB_ALIAS
+from django.db.models.signals import post_delete, post_migrate
 from django.utils.translation import gettext_lazy as _
 
 
@@ -17,6 +18,9 @@ class KmsFieldsConfig(AppConfig):
             _forget_deleted_data_key,
             sender=self.get_model("DataKey"),
             dispatch_uid="django_kms_fields_forget_key",
+        )
+        post_migrate.connect(
+            create_decrypted_permissions, dispatch_uid="django_kms_fields_permissions"
         )
 
 
@@ -38,3 +42,37 @@ def _forget_deleted_data_key(*, instance: object, using: str, **kwargs: object) 
     from .keyring import get_keyring
 
     get_keyring().forget_key(using, instance.pk)  # type: ignore[attr-defined]
+
+
+def create_decrypted_permissions(
+    app_config: AppConfig, using: str = DEFAULT_DB_ALIAS, **kwargs: object
+) -> None:
+    """Create ``<app_label>.view_decrypted_<model>`` for each model with encrypted fields.
+
+    The admin shows plaintext to staff with that permission (or with
+    ``django_kms_fields.view_decrypted_values``). Runs after each app migrates,
+    as Django's own permissions do.
+    """
+    from django.apps import apps
+
+    if not (
+        apps.is_installed("django.contrib.auth")
+        and apps.is_installed("django.contrib.contenttypes")
+    ):
+        return
+    from django.contrib.auth.models import Permission
+    from django.contrib.contenttypes.models import ContentType
+
+    from .permissions import decrypted_permission_codename, encrypted_field_names
+
+    for model in app_config.get_models():
+        if not encrypted_field_names(model):
+            continue
+        content_type = ContentType.objects.db_manager(using).get_for_model(
+            model, for_concrete_model=False
+        )
+        Permission.objects.db_manager(using).get_or_create(
+            content_type=content_type,
+            codename=decrypted_permission_codename(model),
+            defaults={"name": f"Can view decrypted values of {model._meta.verbose_name}"},
+        )

@@ -133,3 +133,93 @@ def _named_encrypted(
             id="django_kms_fields.E120",
         )
     ]
+
+
+@checks.register(checks.Tags.admin)
+def check_admin(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Reject admin options that query encrypted columns, and warn about unprotected admins."""
+    if not apps.is_installed("django.contrib.admin"):
+        return []
+    from django.contrib.admin.sites import all_sites
+
+    messages: list[checks.CheckMessage] = []
+    for site in all_sites:
+        for model, model_admin in site._registry.items():
+            messages.extend(_check_model_admin(model, model_admin))
+    return messages
+
+
+def _check_model_admin(model: Any, model_admin: Any) -> list[checks.CheckMessage]:
+    from .admin import EncryptedFieldsAdminMixin
+    from .fields import EncryptedField
+
+    messages: list[checks.CheckMessage] = []
+    name = type(model_admin).__name__
+
+    def reject(option: str, path: str, check_id: str) -> None:
+        messages.append(
+            checks.Error(
+                f"{name}.{option} names {path!r}, an encrypted field of "
+                f"{_final_model(model, path)}.",
+                hint="The database only holds ciphertext, so it cannot search, filter or "
+                "sort by this field. Remove it from "
+                f"{option}.",
+                obj=type(model_admin),
+                id=check_id,
+            )
+        )
+
+    for entry in model_admin.search_fields or ():
+        path = entry.lstrip("^=@")
+        if isinstance(_final_field(model, path), EncryptedField):
+            reject("search_fields", path, "django_kms_fields.E130")
+    for entry in model_admin.list_filter or ():
+        path = entry[0] if isinstance(entry, (list, tuple)) else entry
+        if isinstance(path, str) and isinstance(_final_field(model, path), EncryptedField):
+            reject("list_filter", path, "django_kms_fields.E131")
+    for entry in model_admin.ordering or ():
+        if isinstance(entry, str):
+            path = entry.lstrip("-")
+            if isinstance(_final_field(model, path), EncryptedField):
+                reject("ordering", path, "django_kms_fields.E132")
+    hierarchy = model_admin.date_hierarchy
+    if hierarchy and isinstance(_final_field(model, hierarchy), EncryptedField):
+        reject("date_hierarchy", hierarchy, "django_kms_fields.E133")
+
+    has_encrypted = any(isinstance(f, EncryptedField) for f in model._meta.concrete_fields)
+    if has_encrypted and not isinstance(model_admin, EncryptedFieldsAdminMixin):
+        messages.append(
+            checks.Warning(
+                f"{name} shows {model._meta.label}, which has encrypted fields, without "
+                "EncryptedFieldsAdminMixin.",
+                hint="Without it every staff user who can view the model sees plaintext, and "
+                "one value that cannot be decrypted breaks the page. Put "
+                "django_kms_fields.admin.EncryptedFieldsAdminMixin first among its bases.",
+                obj=type(model_admin),
+                id="django_kms_fields.W130",
+            )
+        )
+    return messages
+
+
+def _final_field(model: Any, path: str) -> Any:
+    """Return the field at the end of a ``__`` path, ignoring a trailing lookup."""
+    from django.core.exceptions import FieldDoesNotExist
+
+    options = model._meta
+    field = None
+    parts = path.split("__")
+    for position, part in enumerate(parts):
+        try:
+            field = options.get_field(part)
+        except FieldDoesNotExist:
+            # A lookup such as "icontains" may end the path.
+            return field if position == len(parts) - 1 else None
+        if field.is_relation and field.related_model is not None and position < len(parts) - 1:
+            options = field.related_model._meta
+    return field
+
+
+def _final_model(model: Any, path: str) -> str:
+    field = _final_field(model, path)
+    return field.model._meta.label if field is not None else model._meta.label

@@ -70,6 +70,39 @@ class SealedValue:
         return "<SealedValue>"
 
 
+class WithheldValue:
+    """A loaded value that is kept from the reader: masked, or undecryptable.
+
+    The admin puts these on instances in place of sealed values. Their text is
+    what the page shows; saving the instance writes the stored token back
+    unchanged.
+    """
+
+    __slots__ = ("sealed",)
+    display = ""
+
+    def __init__(self, sealed: SealedValue) -> None:
+        self.sealed = sealed
+
+    def __str__(self) -> str:
+        return self.display
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+class MaskedValue(WithheldValue):
+    """A value the current user may not see."""
+
+    display = "••••••••"
+
+
+class UndecryptableValue(WithheldValue):
+    """A value that failed to decrypt; the failure was logged."""
+
+    display = "⚠ cannot be decrypted"
+
+
 class _Ciphertext:
     """A token to write back unchanged."""
 
@@ -315,6 +348,10 @@ class EncryptedField(models.Field):
             else:
                 check_write_expression(self, value)
                 return value
+        if isinstance(value, WithheldValue):
+            # Written back as stored; moving it to another tenant decrypts it
+            # here, which fails (as it should) for an undecryptable value.
+            value = value.sealed
         scope = self.scope_for_instance(instance)
         if value.__class__ is SealedValue:
             if value.scope == scope and ciphers.looks_like_token(value.token):
@@ -978,3 +1015,8 @@ class EncryptedJSONField(EncryptedField, models.JSONField):
     def _check_supported(self, databases: Any) -> list[checks.CheckMessage]:
         # The column holds a token, so the database needs no JSON support.
         return []
+
+    def formfield(self, **kwargs: Any) -> Any:
+        from .forms import PrettyJSONField
+
+        return super().formfield(**{"form_class": PrettyJSONField, **kwargs})

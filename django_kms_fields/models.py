@@ -61,6 +61,11 @@ class DataKey(models.Model):
         verbose_name = _("data key")
         verbose_name_plural = _("data keys")
         ordering = ["scope", "-created_at"]
+        default_permissions = ("view",)
+        permissions = [
+            ("view_decrypted_values", _("Can view decrypted values of every model")),
+            ("rotate_datakey", _("Can rotate data keys")),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=(

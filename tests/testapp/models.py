@@ -61,7 +61,7 @@ class TenantRecord(models.Model):
     label = models.CharField(max_length=100, default="")
     secret = EncryptedTextField(key_scope="tenant", tenant_field="organisation", null=True)
     details = EncryptedJSONField(
-        key_scope="tenant", tenant_field="organisation", null=True, default=dict
+        key_scope="tenant", tenant_field="organisation", null=True, blank=True, default=dict
     )
     score = EncryptedIntegerField(key_scope="tenant", tenant_field="organisation", null=True)
 
