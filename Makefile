@@ -11,7 +11,10 @@ else
 TEST_EXTRAS := test
 endif
 
-.PHONY: test lint typecheck docs tox clean
+EXAMPLE := example_project
+PORT ?= 8000
+
+.PHONY: demo moto-start moto-stop test lint typecheck docs tox clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
@@ -22,6 +25,20 @@ $(BIN)/python:
 $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 	$(PIP) install --quiet -e ".[$*]"
 	touch $@
+
+## demo: run the example project on http://127.0.0.1:$(PORT)/admin/ with demo data
+demo: $(VENV)/.installed-example
+	cd $(EXAMPLE) && ../$(BIN)/python manage.py migrate --noinput
+	cd $(EXAMPLE) && ../$(BIN)/python manage.py seed_demo
+	cd $(EXAMPLE) && ../$(BIN)/python manage.py create_demo_users
+	cd $(EXAMPLE) && ../$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
+
+## moto-start, moto-stop: a moto_server on 127.0.0.1 standing in for AWS KMS
+moto-start: $(VENV)/.installed-example
+	$(BIN)/python $(EXAMPLE)/moto_kms.py start
+
+moto-stop: | $(BIN)/python
+	$(BIN)/python $(EXAMPLE)/moto_kms.py stop
 
 ## test: run the test suite (SQLite; set DATABASE_URL for PostgreSQL or MariaDB)
 test: $(VENV)/.installed-$(TEST_EXTRAS)
@@ -50,4 +67,4 @@ tox: | $(BIN)/python
 	PATH="$(PYENV_BINS):$$PATH" $(BIN)/tox run-parallel --parallel 2 --parallel-no-spinner $(TOX_ARGS)
 
 clean:
-	rm -rf $(VENV) .tox .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .tox .pytest_cache .mypy_cache .ruff_cache *.egg-info test-results
