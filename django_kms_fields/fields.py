@@ -195,6 +195,18 @@ class EncryptedField(models.Field):
 
     descriptor_class = EncryptedAttribute
     encrypted = True
+    # These options change how values are read and written, not the column,
+    # so changing them needs no table rebuild on SQLite.
+    non_db_attrs = (
+        *models.Field.non_db_attrs,
+        "key_scope",
+        "tenant_field",
+        "associated_data_label",
+        "legacy_plaintext",
+        "encoder",
+        "decoder",
+        "max_length",
+    )
 
     def __init__(
         self,

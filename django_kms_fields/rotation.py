@@ -4,18 +4,23 @@
 rules that keep data safe while the site keeps writing:
 
 - Rows are re-encrypted in batches, one transaction per batch. Each batch is
-  read inside that transaction with ``SELECT ... FOR UPDATE`` (``SKIP LOCKED``
-  where the database has it, so that several runs share the work), so a value
-  that the application writes meanwhile waits for the batch or is read after
-  it: no update is lost. On SQLite, which has no row locks, each batch first
-  takes the database's write lock.
+  read inside that transaction with ``SELECT ... FOR UPDATE`` and written back
+  before the commit, so a value that the application writes meanwhile waits
+  for the batch or is read after it: no update is lost. On SQLite, which has
+  no row locks, each batch first takes the database's write lock.
+- Where the database has ``SKIP LOCKED``, the first pass skips rows that
+  another transaction holds, so that several runs share the work. Each batch
+  counts the rows it skipped; a second pass then waits for those rows, so a
+  row that the application held is not left behind.
 - A run that dies leaves every batch either done or untouched, and old values
   stay readable because retired keys still decrypt. Running again finishes
-  the job: a scope whose values still use a retired key is not rotated again.
+  the job: a scope that still had a retired key when the run started is not
+  rotated again; the run moves its values and deletes the old key instead.
 - A retired data key is deleted only when no stored value names it (checked
-  again inside the deleting transaction) and it was retired longer ago than
-  ``delete_after``, so that processes whose cache still holds it as the
-  active key (for up to ``DATA_KEY_CACHE_TTL``) have stopped writing with it.
+  again inside the deleting transaction, after locking the key), when it was
+  retired before this run started, and when it was retired longer ago than
+  ``delete_after``. Processes whose cache still holds it as the active key
+  (for up to ``DATA_KEY_CACHE_TTL``) may still be writing with it until then.
 - KMS calls grow with the number of data keys, not rows: one
   ``GenerateDataKey`` per rotated scope, one ``Decrypt`` per data key read,
   one ``ReEncrypt`` per re-wrapped key. Row scopes have one key per row.
@@ -42,12 +47,20 @@ from .fields import GLOBAL, ROW, TENANT, EncryptedField
 from .keyring import DataKeyNotFound, get_keyring
 from .models import DataKey
 
-# Undecryptable values listed in the summary; the rest are only counted.
+# Failures listed in the summary; the rest are only counted.
 MAX_REPORTED_FAILURES = 100
 # Data keys checked and deleted per transaction.
 KEY_CHUNK_SIZE = 500
 # Seconds between progress reports.
 PROGRESS_INTERVAL_SECONDS = 2.0
+
+# Why a stored value was left as it was.
+UNDECRYPTABLE = "cannot be decrypted (altered, or copied from another row, tenant or field)"
+KEY_MISSING = "its data key no longer exists"
+KEY_UNUSABLE = "its data key cannot be unwrapped by the key provider"
+ACTIVE_KEY_UNUSABLE = "the active data key of its scope cannot be unwrapped"
+NO_TENANT = "has a value but no tenant"
+PLAINTEXT_NOT_ALLOWED = "plaintext, but the field does not set legacy_plaintext=True"
 
 
 @dataclass
@@ -62,6 +75,8 @@ class RotationOptions:
     batch_size: int = 500
     dry_run: bool = False
     reencrypt: bool = False
+    rotate: bool = True
+    """With ``reencrypt``: ``False`` moves values to the current keys without rotating."""
     rewrap: bool = False
     master_key_id: str | None = None
     """For ``rewrap``: the destination master key; ``MASTER_KEY_ID`` by default."""
@@ -72,18 +87,19 @@ class RotationOptions:
 
 @dataclass
 class Progress:
-    model: str
+    task: str
     done: int
     total: int
     elapsed_seconds: float
+    unit: str = "rows"
 
     @property
-    def rows_per_second(self) -> float:
+    def per_second(self) -> float:
         return self.done / self.elapsed_seconds if self.elapsed_seconds else 0.0
 
     @property
     def seconds_left(self) -> float | None:
-        rate = self.rows_per_second
+        rate = self.per_second
         return (self.total - self.done) / rate if rate else None
 
 
@@ -96,8 +112,10 @@ class RotationSummary:
     keys_rewrapped: int = 0
     keys_kept: collections.Counter[str] = field(default_factory=collections.Counter)
     scopes_resumed: int = 0
-    """Scopes not rotated again because an earlier run had not finished re-encrypting them."""
+    """Scopes not rotated because they still had a retired key when the run started."""
     rows_scanned: int = 0
+    rows_waited_for: int = 0
+    """Rows another transaction held during the first pass, processed in the second."""
     values_reencrypted: int = 0
     values_encrypted_from_plaintext: int = 0
     values_skipped: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -122,6 +140,7 @@ class RotationSummary:
             "keys_kept": dict(self.keys_kept),
             "scopes_resumed": self.scopes_resumed,
             "rows_scanned": self.rows_scanned,
+            "rows_waited_for": self.rows_waited_for,
             "values_reencrypted": self.values_reencrypted,
             "values_encrypted_from_plaintext": self.values_encrypted_from_plaintext,
             "values_skipped": dict(self.values_skipped),
@@ -131,9 +150,25 @@ class RotationSummary:
         }
 
 
-UNDECRYPTABLE = "cannot be decrypted"
-NO_TENANT = "has a value but no tenant"
-PLAINTEXT_NOT_ALLOWED = "plaintext, but the field does not set legacy_plaintext=True"
+@dataclass
+class _BatchResult:
+    """What one batch changed; added to the summary only once the batch commits."""
+
+    keys_rotated: int = 0
+    values_reencrypted: int = 0
+    values_encrypted_from_plaintext: int = 0
+    failures: list[tuple[str, str, Any, str]] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    row_keys_due: int = 0
+    old_key_ids: set[str] = field(default_factory=set)
+
+    def add_to(self, summary: RotationSummary) -> None:
+        summary.keys_created += self.keys_rotated
+        summary.keys_retired += self.keys_rotated
+        summary.values_reencrypted += self.values_reencrypted
+        summary.values_encrypted_from_plaintext += self.values_encrypted_from_plaintext
+        for failure in self.failures:
+            summary.record_failure(*failure)
 
 
 @dataclass
@@ -148,12 +183,21 @@ class _Target:
         return self.model._meta.label
 
 
+@dataclass
+class _RowKey:
+    """The per-row data keys of one row scope."""
+
+    active_id: int | None = None
+    created_at: datetime.datetime | None = None
+    has_retired: bool = False
+
+
 class Rotation:
     def __init__(
         self,
         options: RotationOptions,
         on_progress: Callable[[Progress], None] | None = None,
-        on_message: Callable[[str], None] | None = None,
+        on_message: Callable[[str, int], None] | None = None,
     ) -> None:
         self.options = options
         self.alias = options.using
@@ -161,13 +205,15 @@ class Rotation:
         self.keyring = get_keyring()
         self.summary = RotationSummary(dry_run=options.dry_run)
         self.on_progress = on_progress or (lambda progress: None)
-        self.on_message = on_message or (lambda message: None)
-        settings = get_settings()
+        self.on_message = on_message or (lambda message, verbosity: None)
         self.delete_after = options.delete_after
         if self.delete_after is None:
-            self.delete_after = datetime.timedelta(seconds=settings.data_key_cache_ttl + 300)
+            seconds = get_settings().data_key_cache_ttl + 300
+            self.delete_after = datetime.timedelta(seconds=seconds)
         self.started_at = timezone.now()
         self._calls_before = self.keyring.provider_calls
+        self._rotating: set[str] = set()
+        self._planned_active_ids: dict[str, int] = {}
 
     # Entry point
 
@@ -185,11 +231,8 @@ class Rotation:
 
     def _calls_since_start(self) -> dict[str, int]:
         now = self.keyring.provider_calls
-        return {
-            name: count - self._calls_before.get(name, 0)
-            for name, count in now.items()
-            if count - self._calls_before.get(name, 0)
-        }
+        calls = {name: count - self._calls_before.get(name, 0) for name, count in now.items()}
+        return {name: count for name, count in calls.items() if count}
 
     # Selection
 
@@ -225,9 +268,10 @@ class Rotation:
         return any(selected in (scope, kind) for selected in scopes)
 
     def _selected_keys(self, queryset: models.QuerySet[DataKey]) -> Iterator[DataKey]:
-        """Data keys of the selected scope kinds and scopes, without per-row keys unless asked."""
+        """Data keys of the scope kinds and scopes that the run covers."""
         kinds = {f.key_scope for target in self.targets() for f in target.fields}
-        for key in queryset.using(self.alias).order_by("pk").iterator(chunk_size=KEY_CHUNK_SIZE):
+        keys = queryset.using(self.alias).order_by("pk").iterator(chunk_size=KEY_CHUNK_SIZE)
+        for key in keys:
             kind = key.scope.split(":", 1)[0]
             if kind in kinds and self.scope_selected(key.scope):
                 yield key
@@ -237,97 +281,129 @@ class Rotation:
             return None
         return self.started_at - self.options.older_than
 
-    # Rotation
+    def _shared_keys_to_rotate(self) -> list[DataKey]:
+        """The active global and tenant keys this run rotates, decided once, at the start.
 
-    def _rotate_and_reencrypt(self) -> None:
-        targets = self.targets()
-        if self.options.reencrypt:
-            # Keys that earlier runs emptied: deleting them first decides which
-            # scopes still have a re-encryption in progress.
-            self._delete_unused_retired_keys(report_kept=False)
-        self._rotate_shared_scopes()
-        if self.options.reencrypt:
-            for target in targets:
-                self._reencrypt(target)
-            self._delete_unused_retired_keys(report_kept=True)
-
-    def _rotate_shared_scopes(self) -> None:
-        """Retire the active key of each selected global and tenant scope and create its successor.
-
-        Per-row keys rotate with their rows during re-encryption.
+        A scope that still has a retired key is finishing an earlier rotation
+        (its values may still use the old key, which is deleted once they do
+        not): it is not rotated again.
         """
-        cutoff = self._older_than_cutoff()
+        if self.options.reencrypt and not self.options.rotate:
+            return []
         active = DataKey.objects.filter(state=DataKey.State.ACTIVE).exclude(
             scope__startswith="row:"
         )
+        cutoff = self._older_than_cutoff()
         if cutoff is not None:
             active = active.filter(created_at__lt=cutoff)
-        in_migration = self._scopes_with_retired_keys() if self.options.reencrypt else set()
-        for key in list(self._selected_keys(active)):
-            if key.scope in in_migration:
-                # An earlier run retired a key of this scope and did not finish
-                # moving its values: finish that instead of rotating again.
-                self.summary.scopes_resumed += 1
-                continue
-            entry, created = self.keyring.rotate(key.scope, self.alias, expected_key_id=key.pk)
-            if created:
-                self.summary.keys_created += 1
-                self.summary.keys_retired += 1
-                self.on_message(f"Rotated {key.scope}: {key.key_id} -> {entry.key_id}")
-
-    def _scopes_with_retired_keys(self) -> set[str]:
-        return set(
+        with_retired_keys = set(
             DataKey.objects.using(self.alias)
             .filter(state=DataKey.State.RETIRED)
             .exclude(scope__startswith="row:")
             .values_list("scope", flat=True)
         )
+        keys = []
+        for key in self._selected_keys(active):
+            if key.scope in with_retired_keys:
+                self.summary.scopes_resumed += 1
+            else:
+                keys.append(key)
+        return keys
 
-    # Re-encryption
+    # Rotation and re-encryption
+
+    def _rotate_and_reencrypt(self) -> None:
+        for key in self._shared_keys_to_rotate():
+            entry, created = self.keyring.rotate(key.scope, self.alias, expected_key_id=key.pk)
+            if created:
+                self.summary.keys_created += 1
+                self.summary.keys_retired += 1
+                self.on_message(f"Rotated {key.scope}: {key.key_id} -> {entry.key_id}", 2)
+        if not self.options.reencrypt:
+            return
+        for target in self.targets():
+            self._reencrypt(target)
+        self._delete_unused_retired_keys(retired_before=self.started_at)
 
     def _reencrypt(self, target: _Target) -> None:
-        model = target.model
-        total = model._base_manager.using(self.alias).count()
+        total = target.model._base_manager.using(self.alias).count()
         if total == 0:
             return
         started = last_report = time.monotonic()
-        done = 0
+        done = reported = 0
+        skip_locked = self.connection.features.has_select_for_update_skip_locked
+        gaps: list[tuple[Any, Any]] = []
         last_pk = None
         while True:
-            rows, last_pk = self._reencrypt_batch(target, last_pk)
-            if rows == 0:
+            count, last_pk, skipped = self._reencrypt_batch(
+                target, last_pk, upto_pk=None, skip_locked=skip_locked
+            )
+            if count == 0:
                 break
-            done += rows
+            if skipped:
+                gaps.append(skipped)
+            done += count
             now = time.monotonic()
             if now - last_report >= PROGRESS_INTERVAL_SECONDS:
-                last_report = now
+                last_report, reported = now, done
                 self.on_progress(Progress(target.label, done, total, now - started))
-        self.on_progress(Progress(target.label, done, max(total, done), time.monotonic() - started))
 
-    def _reencrypt_batch(self, target: _Target, after_pk: Any) -> tuple[int, Any]:
-        """Re-encrypt one batch of rows in one transaction; return its size and last pk."""
+        # Rows that other transactions held: wait for them this time.
+        for after_pk, upto_pk in gaps:
+            while True:
+                count, after_pk, _skipped = self._reencrypt_batch(
+                    target, after_pk, upto_pk=upto_pk, skip_locked=False
+                )
+                if count == 0:
+                    break
+                self.summary.rows_waited_for += count
+        if done != reported:
+            self.on_progress(
+                Progress(target.label, done, max(total, done), time.monotonic() - started)
+            )
+
+    def _reencrypt_batch(
+        self, target: _Target, after_pk: Any, *, upto_pk: Any, skip_locked: bool
+    ) -> tuple[int, Any, tuple[Any, Any] | None]:
+        """Re-encrypt one batch in one transaction.
+
+        Returns the number of rows read, the last primary key, and the key
+        range ``(after, upto]`` if the batch skipped rows that were locked.
+        """
         model = target.model
-        features = self.connection.features
+        reader = _RowReader(target)
+        result = _BatchResult()
         with transaction.atomic(using=self.alias):
             self._take_sqlite_write_lock()
             queryset = model._base_manager.using(self.alias).order_by("pk")
             if after_pk is not None:
                 queryset = queryset.filter(pk__gt=after_pk)
-            if features.has_select_for_update:
-                queryset = queryset.select_for_update(
-                    skip_locked=features.has_select_for_update_skip_locked
-                )
+            if upto_pk is not None:
+                queryset = queryset.filter(pk__lte=upto_pk)
+            if self.connection.features.has_select_for_update:
+                queryset = queryset.select_for_update(skip_locked=skip_locked)
             rows = list(
-                queryset.annotate(**_raw_columns(target.fields)).values_list(
-                    *_RowReader(target).columns()
-                )[: self.options.batch_size]
+                queryset.annotate(**_raw_columns(target.fields)).values_list(*reader.columns())[
+                    : self.options.batch_size
+                ]
             )
             if not rows:
-                return 0, after_pk
-            updates = self._new_tokens(target, rows)
+                return 0, after_pk, None
+            last_pk = rows[-1][0]
+            skipped = None
+            if skip_locked:
+                in_range = model._base_manager.using(self.alias).filter(pk__lte=last_pk)
+                if after_pk is not None:
+                    in_range = in_range.filter(pk__gt=after_pk)
+                if in_range.count() > len(rows):
+                    skipped = (after_pk, last_pk)
+            updates = self._process_rows(target, reader, rows, result, write=True)
             self._write(target, updates)
+        result.add_to(self.summary)
+        for message in result.messages:
+            self.on_message(message, 3)
         self.summary.rows_scanned += len(rows)
-        return len(rows), rows[-1][0]
+        return len(rows), last_pk, skipped
 
     def _take_sqlite_write_lock(self) -> None:
         # SQLite has no row locks; taking the write lock before reading makes
@@ -337,105 +413,154 @@ class Rotation:
             with self.connection.cursor() as cursor:
                 cursor.execute(f"UPDATE {table} SET id = id WHERE 1 = 0")  # noqa: S608
 
-    def _new_tokens(
-        self, target: _Target, rows: list[tuple[Any, ...]]
+    def _process_rows(
+        self,
+        target: _Target,
+        reader: _RowReader,
+        rows: list[tuple[Any, ...]],
+        result: _BatchResult,
+        *,
+        write: bool,
     ) -> dict[EncryptedField, list[tuple[str, Any]]]:
-        reader = _RowReader(target)
-        row_keys = self._prepare_row_keys(target, rows)
-        updates: dict[EncryptedField, list[tuple[str, Any]]] = collections.defaultdict(list)
+        """Decide, decrypt and (with ``write``) re-encrypt the values of a batch of rows.
+
+        Old values are decrypted before any new per-row key is made, so a
+        failure of the key provider costs no ``GenerateDataKey`` call.
+        """
+        values = []
+        row_scopes = set()
         for row in rows:
-            pk = row[0]
             for encrypted_field, stored, scope in reader.values(row):
-                if stored is None or not self.scope_selected(scope or TENANT):
+                if stored is None:
                     continue
                 if not scope:
-                    self.summary.record_failure(target.label, encrypted_field.name, pk, NO_TENANT)
+                    result.failures.append((target.label, encrypted_field.name, row[0], NO_TENANT))
                     continue
-                token = self._reencrypted(target, encrypted_field, pk, scope, stored, row_keys)
-                if token is not None:
-                    updates[encrypted_field].append((token, pk))
+                if not self.scope_selected(scope):
+                    continue
+                values.append((encrypted_field, row[0], scope, stored))
+                if encrypted_field.key_scope == ROW:
+                    row_scopes.add(scope)
+        row_keys = self._row_keys(row_scopes)
+        due_row_scopes = {scope for scope, key in row_keys.items() if self._row_key_due(key)}
+        result.row_keys_due += len(due_row_scopes)
+
+        plaintexts = []
+        for encrypted_field, pk, scope, stored in values:
+            plaintext = self._plaintext_to_move(
+                target, encrypted_field, pk, scope, stored, row_keys, due_row_scopes, result
+            )
+            if plaintext is not None:
+                plaintexts.append((encrypted_field, pk, scope, plaintext))
+        if not write:
+            return {}
+
+        for scope in due_row_scopes:
+            expected = row_keys[scope].active_id
+            entry, created = self.keyring.rotate(scope, self.alias, expected_key_id=expected)
+            if created:
+                result.keys_rotated += 1
+                result.messages.append(f"Rotated {scope}: -> {entry.key_id}")
+
+        updates: dict[EncryptedField, list[tuple[str, Any]]] = collections.defaultdict(list)
+        for encrypted_field, pk, scope, plaintext in plaintexts:
+            token = self.keyring.encrypt(plaintext, scope, encrypted_field.label, self.alias)
+            updates[encrypted_field].append((token, pk))
         return updates
 
-    def _prepare_row_keys(self, target: _Target, rows: list[tuple[Any, ...]]) -> dict[str, str]:
-        """Rotate the per-row keys of a batch where due; return scope -> active key id."""
-        row_fields = [f for f in target.fields if f.key_scope == ROW]
-        if not row_fields:
-            return {}
-        scopes = {row_fields[0]._scope_from_context(row[0]) for row in rows}
-        scopes = {scope for scope in scopes if self.scope_selected(scope)}
-        keys = DataKey.objects.using(self.alias).filter(scope__in=scopes)
-        active_ids: dict[str, int] = {}
-        created_at: dict[str, datetime.datetime] = {}
-        with_retired_keys = set()
-        for numeric_id, scope, state, created in keys.values_list(
-            "id", "scope", "state", "created_at"
-        ):
+    def _row_keys(self, scopes: set[str]) -> dict[str, _RowKey]:
+        keys: dict[str, _RowKey] = collections.defaultdict(_RowKey)
+        if not scopes:
+            return keys
+        rows = (
+            DataKey.objects.using(self.alias)
+            .filter(scope__in=scopes)
+            .values_list("id", "scope", "state", "created_at")
+        )
+        for numeric_id, scope, state, created_at in rows:
             if state == DataKey.State.ACTIVE:
-                active_ids[scope] = numeric_id
-                created_at[scope] = created
+                keys[scope].active_id = numeric_id
+                keys[scope].created_at = created_at
             else:
-                with_retired_keys.add(scope)
+                keys[scope].has_retired = True
+        return keys
 
+    def _row_key_due(self, key: _RowKey) -> bool:
+        if not self.options.rotate or key.active_id is None or key.has_retired:
+            return False
         cutoff = self._older_than_cutoff()
-        result = {}
-        for scope, numeric_id in active_ids.items():
-            due = scope not in with_retired_keys and (cutoff is None or created_at[scope] < cutoff)
-            if not due:
-                result[scope] = ciphers.encode_key_id(numeric_id)
-                continue
-            entry, rotated = self.keyring.rotate(scope, self.alias, expected_key_id=numeric_id)
-            if rotated:
-                self.summary.keys_created += 1
-                self.summary.keys_retired += 1
-            result[scope] = entry.key_id
-        return result
+        return cutoff is None or (key.created_at is not None and key.created_at < cutoff)
 
-    def _reencrypted(
+    def _plaintext_to_move(
         self,
         target: _Target,
         encrypted_field: EncryptedField,
         pk: Any,
         scope: str,
         stored: str,
-        row_keys: dict[str, str],
-    ) -> str | None:
-        """Return the new token of a stored value, or None if it needs no change."""
+        row_keys: dict[str, _RowKey],
+        due_row_scopes: set[str],
+        result: _BatchResult,
+    ) -> bytes | None:
+        """Return the plaintext of a value that must move to its scope's active key, else None."""
+
+        def fail(reason: str) -> None:
+            result.failures.append((target.label, encrypted_field.name, pk, reason))
+
         if not ciphers.looks_like_token(stored):
             if not encrypted_field.legacy_plaintext:
-                self.summary.record_failure(
-                    target.label, encrypted_field.name, pk, PLAINTEXT_NOT_ALLOWED
-                )
+                fail(PLAINTEXT_NOT_ALLOWED)
                 return None
+            result.values_encrypted_from_plaintext += 1
             value = encrypted_field.value_from_legacy_text(stored)
-            token = self.keyring.encrypt(
-                encrypted_field.plaintext_from_value(value),
-                scope,
-                encrypted_field.label,
-                self.alias,
-            )
-            self.summary.values_encrypted_from_plaintext += 1
-            return token
+            return encrypted_field.plaintext_from_value(value)
 
-        active_key_id = row_keys.get(scope) if encrypted_field.key_scope == ROW else None
-        if active_key_id is None:
-            active_key_id = self.keyring.active_entry(scope, self.alias).key_id
-        if stored[len(ciphers.PREFIX) : ciphers.HEADER_LENGTH] == active_key_id:
+        key_id = stored[len(ciphers.PREFIX) : ciphers.HEADER_LENGTH]
+        if encrypted_field.key_scope == ROW:
+            active_id = row_keys[scope].active_id
+            current = (
+                scope not in due_row_scopes
+                and active_id is not None
+                and ciphers.encode_key_id(active_id) == key_id
+            )
+        else:
+            try:
+                current = key_id == self._active_key_id(scope)
+            except KeyProviderError as error:
+                if error.code != "InvalidCiphertextException":
+                    raise
+                fail(ACTIVE_KEY_UNUSABLE)
+                return None
+        if current:
             return None
 
+        result.old_key_ids.add(key_id)
         try:
             plaintext = self.keyring.decrypt(stored, scope, encrypted_field.label, self.alias)
-        except (ciphers.InvalidToken, DataKeyNotFound):
-            self.summary.record_failure(target.label, encrypted_field.name, pk, UNDECRYPTABLE)
+        except ciphers.InvalidToken:
+            fail(UNDECRYPTABLE)
+            return None
+        except DataKeyNotFound:
+            fail(KEY_MISSING)
             return None
         except KeyProviderError as error:
             # The provider rejects the wrapped key itself: the DataKey row was
             # altered. Other provider errors stop the run.
             if error.code != "InvalidCiphertextException":
                 raise
-            self.summary.record_failure(target.label, encrypted_field.name, pk, UNDECRYPTABLE)
+            fail(KEY_UNUSABLE)
             return None
-        self.summary.values_reencrypted += 1
-        return self.keyring.encrypt(plaintext, scope, encrypted_field.label, self.alias)
+        result.values_reencrypted += 1
+        return plaintext
+
+    def _active_key_id(self, scope: str) -> str | None:
+        """The id of the key that a value of ``scope`` should use, or None if it will change."""
+        if not self.options.dry_run:
+            return self.keyring.active_entry(scope, self.alias).key_id
+        if scope in self._rotating:
+            return None
+        active_id = self._planned_active_ids.get(scope)
+        return ciphers.encode_key_id(active_id) if active_id is not None else None
 
     def _write(self, target: _Target, updates: dict[EncryptedField, list[tuple[str, Any]]]) -> None:
         connection = self.connection
@@ -454,24 +579,29 @@ class Rotation:
 
     # Deleting retired keys
 
-    def _delete_unused_retired_keys(self, *, report_kept: bool) -> None:
-        assert self.delete_after is not None
-        cutoff = timezone.now() - self.delete_after
-        retired = DataKey.objects.filter(state=DataKey.State.RETIRED)
-        candidates = list(self._selected_keys(retired))
-        recent = [key for key in candidates if key.retired_at is None or key.retired_at > cutoff]
-        if recent and report_kept:
-            seconds = int(self.delete_after.total_seconds())
-            self.summary.keys_kept[f"retired less than {seconds} s ago, see --delete-after"] += len(
-                recent
-            )
-        old = [
-            key.pk for key in candidates if key.retired_at is not None and key.retired_at <= cutoff
-        ]
-        for start in range(0, len(old), KEY_CHUNK_SIZE):
-            self._delete_chunk(old[start : start + KEY_CHUNK_SIZE], report_kept=report_kept)
+    def _delete_unused_retired_keys(self, *, retired_before: datetime.datetime) -> None:
+        """Delete the selected retired keys that no stored value names.
 
-    def _delete_chunk(self, numeric_ids: list[int], *, report_kept: bool) -> None:
+        Only keys retired before ``retired_before`` and longer than
+        ``delete_after`` ago qualify.
+        """
+        assert self.delete_after is not None
+        cutoff = min(retired_before, timezone.now() - self.delete_after)
+        retired = DataKey.objects.filter(state=DataKey.State.RETIRED)
+        recent = old = 0
+        candidates = []
+        for key in self._selected_keys(retired):
+            if key.retired_at is not None and key.retired_at < cutoff:
+                candidates.append(key.pk)
+                old += 1
+            else:
+                recent += 1
+        if recent:
+            self.summary.keys_kept["retired too recently, see --delete-after"] += recent
+        for start in range(0, len(candidates), KEY_CHUNK_SIZE):
+            self._delete_chunk(candidates[start : start + KEY_CHUNK_SIZE])
+
+    def _delete_chunk(self, numeric_ids: list[int]) -> None:
         with transaction.atomic(using=self.alias):
             self._take_sqlite_write_lock()
             locked = list(
@@ -483,21 +613,25 @@ class Rotation:
             # Checked inside the transaction that deletes, after the lock.
             referenced = self._referenced_key_ids(locked)
             unused = [numeric_id for numeric_id, _ in locked if numeric_id not in referenced]
-            if referenced and report_kept:
-                self.summary.keys_kept["still used by stored values"] += len(referenced)
             DataKey.objects.using(self.alias).filter(pk__in=unused).delete()
+        if referenced:
+            self.summary.keys_kept["still used by stored values"] += len(referenced)
         self.summary.keys_deleted += len(unused)
         for numeric_id in unused:
-            self.on_message(f"Deleted unused retired data key {ciphers.encode_key_id(numeric_id)}")
+            self.on_message(
+                f"Deleted unused retired data key {ciphers.encode_key_id(numeric_id)}", 2
+            )
 
     def _referenced_key_ids(self, keys: list[tuple[int, str]]) -> set[int]:
         """Return the ids among ``keys`` that a stored value still names."""
         by_text = {ciphers.encode_key_id(numeric_id): numeric_id for numeric_id, _ in keys}
-        row_keys = collections.defaultdict(list)
+        row_keys: dict[str, list[tuple[int, str]]] = collections.defaultdict(list)
         shared = []
         for numeric_id, scope in keys:
             if scope.startswith("row:"):
-                row_keys[scope.rsplit(":", 1)[0]].append((numeric_id, scope))
+                # "row:<app>.<model>:<pk>" -> "<app>.<model>"
+                model_part = scope[len("row:") :].rsplit(":", 1)[0]
+                row_keys[model_part].append((numeric_id, scope))
             else:
                 shared.append(ciphers.encode_key_id(numeric_id))
 
@@ -520,9 +654,12 @@ class Rotation:
         # A per-row key can only be named by its own row's values.
         id_by_scope = {scope: numeric_id for numeric_id, scope in keys}
         referenced: set[int] = set()
-        for model, encrypted_field in _all_encrypted_fields(kinds={ROW}):
-            if encrypted_field.label.rsplit(".", 1)[0] != model_part:
-                continue
+        fields = [
+            (model, f)
+            for model, f in _all_encrypted_fields(kinds={ROW})
+            if f.label.rsplit(".", 1)[0] == model_part
+        ]
+        for model, encrypted_field in fields:
             pk_field = model._meta.pk
             assert pk_field is not None
             pks = [pk_field.to_python(scope.rsplit(":", 1)[1]) for scope in id_by_scope]
@@ -555,88 +692,88 @@ class Rotation:
         pending = [key.pk for key in self._selected_keys(keys)]
         self.summary.planned["keys_to_rewrap"] = len(pending)
         if self.options.dry_run:
-            self.summary.planned["kms_calls"] = len(pending)
+            self.summary.planned["kms_calls"] = len(pending) + 1
             return
-        for numeric_id in pending:
+        started = last_report = time.monotonic()
+        reported = 0
+        for done, numeric_id in enumerate(pending, start=1):
             if self.keyring.rewrap(self.alias, numeric_id, destination):
                 self.summary.keys_rewrapped += 1
+            now = time.monotonic()
+            if now - last_report >= PROGRESS_INTERVAL_SECONDS:
+                last_report, reported = now, done
+                self.on_progress(Progress("re-wrap", done, len(pending), now - started, "keys"))
+        if len(pending) != reported:
+            elapsed = time.monotonic() - started
+            self.on_progress(Progress("re-wrap", len(pending), len(pending), elapsed, "keys"))
 
     # Dry run
 
     def _plan(self) -> None:
-        """Count what a real run would change, without writing anything."""
-        targets = self.targets()
-        cutoff = self._older_than_cutoff()
-        active = DataKey.objects.filter(state=DataKey.State.ACTIVE).exclude(
-            scope__startswith="row:"
-        )
-        if cutoff is not None:
-            active = active.filter(created_at__lt=cutoff)
-        in_migration = self._scopes_with_retired_keys() if self.options.reencrypt else set()
-        to_rotate = [key for key in self._selected_keys(active) if key.scope not in in_migration]
+        """Count what a real run would change, reading every row and writing nothing.
+
+        Values due to move are decrypted (not written) to find those that a
+        real run would have to leave behind.
+        """
+        to_rotate = self._shared_keys_to_rotate()
+        self._rotating = {key.scope for key in to_rotate}
         self.summary.planned["keys_to_rotate"] = len(to_rotate)
         if not self.options.reencrypt:
             self.summary.planned["kms_calls"] = len(to_rotate)
             return
 
-        rotating = {key.scope for key in to_rotate}
-        active_ids = dict(
+        self._planned_active_ids = dict(
             DataKey.objects.using(self.alias)
             .filter(state=DataKey.State.ACTIVE)
+            .exclude(scope__startswith="row:")
             .values_list("scope", "id")
         )
-        values = plaintext = 0
-        old_keys: set[str] = set()
-        row_scopes = 0
-        for target in targets:
-            for values_due, plaintext_due, keys_due, rows_due in self._plan_model(
-                target, rotating, active_ids
-            ):
-                values += values_due
-                plaintext += plaintext_due
-                old_keys |= keys_due
-                row_scopes += rows_due
+        totals = _BatchResult()
+        for target in self.targets():
+            self._plan_target(target, totals)
+        for failure in totals.failures:
+            self.summary.record_failure(*failure)
         self.summary.planned.update(
             {
-                "values_to_reencrypt": values,
-                "values_to_encrypt_from_plaintext": plaintext,
-                "row_keys_to_rotate": row_scopes,
-                # GenerateDataKey per new key, Decrypt per old key read.
-                "kms_calls": len(to_rotate) + row_scopes + len(old_keys) + len(rotating),
+                "values_to_reencrypt": totals.values_reencrypted,
+                "values_to_encrypt_from_plaintext": totals.values_encrypted_from_plaintext,
+                "values_left_unchanged": len(totals.failures),
+                "row_keys_to_rotate": totals.row_keys_due,
+                # GenerateDataKey per new key; Decrypt per old key read.
+                "kms_calls": len(to_rotate) + totals.row_keys_due + len(totals.old_key_ids),
             }
         )
 
-    def _plan_model(
-        self, target: _Target, rotating: set[str], active_ids: dict[str, int]
-    ) -> Iterator[tuple[int, int, set[str], int]]:
-        """Yield, per row: values to re-encrypt, plaintext values, old key ids, row keys due."""
+    def _plan_target(self, target: _Target, totals: _BatchResult) -> None:
         reader = _RowReader(target)
-        rows = (
-            target.model._base_manager.using(self.alias)
-            .order_by("pk")
-            .annotate(**_raw_columns(target.fields))
-            .values_list(*reader.columns())
-        )
-        for row in rows.iterator(chunk_size=self.options.batch_size):
-            values = plaintext = 0
-            old_keys: set[str] = set()
-            row_key_due = False
-            for encrypted_field, stored, scope in reader.values(row):
-                if stored is None or not scope or not self.scope_selected(scope):
-                    continue
-                if not ciphers.looks_like_token(stored):
-                    plaintext += 1
-                    continue
-                key_id = stored[len(ciphers.PREFIX) : ciphers.HEADER_LENGTH]
-                active_id = active_ids.get(scope)
-                current = active_id is not None and ciphers.encode_key_id(active_id) == key_id
-                if encrypted_field.key_scope == ROW:
-                    row_key_due = True
-                if not current or scope in rotating or encrypted_field.key_scope == ROW:
-                    values += 1
-                    old_keys.add(key_id)
-            self.summary.rows_scanned += 1
-            yield values, plaintext, old_keys, int(row_key_due)
+        total = target.model._base_manager.using(self.alias).count()
+        if total == 0:
+            return
+        started = last_report = time.monotonic()
+        done = reported = 0
+        last_pk = None
+        while True:
+            queryset = target.model._base_manager.using(self.alias).order_by("pk")
+            if last_pk is not None:
+                queryset = queryset.filter(pk__gt=last_pk)
+            rows = list(
+                queryset.annotate(**_raw_columns(target.fields)).values_list(*reader.columns())[
+                    : self.options.batch_size
+                ]
+            )
+            if not rows:
+                break
+            last_pk = rows[-1][0]
+            self._process_rows(target, reader, rows, totals, write=False)
+            done += len(rows)
+            self.summary.rows_scanned += len(rows)
+            now = time.monotonic()
+            if now - last_report >= PROGRESS_INTERVAL_SECONDS:
+                last_report, reported = now, done
+                self.on_progress(Progress(f"{target.label} (dry run)", done, total, now - started))
+        if done != reported:
+            elapsed = time.monotonic() - started
+            self.on_progress(Progress(f"{target.label} (dry run)", done, max(total, done), elapsed))
 
 
 class _RowReader:

@@ -216,6 +216,7 @@ def test_indexes_constraints_and_ordering_on_encrypted_fields():
     ]
 
 
+@pytest.mark.django_db
 def test_project_checks_pass():
     assert [m for m in checks.run_checks() if m.level >= checks.ERROR] == []
 

@@ -120,3 +120,15 @@ def test_add_field_with_default_to_empty_table_needs_no_data_key():
         assert historical.objects.get(pk=note.pk).greeting == "hello"
     finally:
         revert()
+
+
+@pytest.mark.django_db
+def test_changing_encryption_options_changes_no_table():
+    from tests.testapp.models import EncryptedLegacyPatient
+
+    old = EncryptedLegacyPatient._meta.get_field("notes")
+    new = EncryptedTextField(null=True)
+    new.set_attributes_from_name("notes")
+    new.model = old.model
+    # Only the field options differ, so the schema editor alters nothing.
+    assert not connection.schema_editor()._field_should_be_altered(old, new)

@@ -123,7 +123,15 @@ def test_reencrypt_moves_every_value_and_deletes_old_keys(data):
     assert summary["keys_created"] == 4 + 5
     assert summary["values_reencrypted"] == 12 * 3 + 12 * 3 + 5 * 2
     assert summary["values_skipped"] == {}
-    assert summary["keys_deleted"] == len(old_keys)
+    # Other processes may still encrypt with the keys this run retired.
+    assert summary["keys_deleted"] == 0
+    assert summary["keys_kept"] == {"retired too recently, see --delete-after": 9}
+
+    second = rotate("--reencrypt", "--delete-after", "0")
+    assert second["keys_created"] == 0
+    assert second["scopes_resumed"] == 4
+    assert second["values_reencrypted"] == 0
+    assert second["keys_deleted"] == len(old_keys)
     assert not DataKey.objects.filter(pk__in=old_keys).exists()
     assert DataKey.objects.filter(state="retired").count() == 0
     for pk, key_id in key_ids(Note, "text").items():
@@ -138,10 +146,14 @@ def test_reencrypt_moves_every_value_and_deletes_old_keys(data):
 
 def test_reencrypt_output_reports_deleted_keys(data):
     output = rotate_text("--reencrypt", "--delete-after", "0", verbosity=2)
+    assert "values re-encrypted: 82" in output
+    assert "retired data keys kept (retired too recently, see --delete-after): 9" in output
+    assert "Rotated global:" in output
+    assert "Done." in output
+    output = rotate_text("--reencrypt", "--delete-after", "0", verbosity=2)
     assert "Deleted unused retired data key" in output
     assert "data keys deleted: 9" in output
-    assert "values re-encrypted: 82" in output
-    assert "Done." in output
+    assert "scopes not rotated again, to finish an earlier rotation: 4" in output
 
 
 def test_kms_calls_follow_keys_not_rows(data, kms):
@@ -167,15 +179,18 @@ def test_rerun_after_plain_rotation_finishes_without_rotating_again(data):
     assert summary["scopes_resumed"] == 4
     assert active_key_id("global") == new_global
     assert set(key_ids(Note, "text").values()) == {new_global}
-    assert DataKey.objects.filter(state="retired").count() == 0
+    # The keys retired by the plain rotation are deleted; the per-row keys
+    # this run retired are kept until the next run.
+    assert summary["keys_deleted"] == 4
+    assert DataKey.objects.filter(state="retired").exclude(scope__startswith="row:").count() == 0
 
 
 def test_recently_retired_keys_are_kept(data):
     summary = rotate("--reencrypt")
     assert summary["keys_deleted"] == 0
-    assert summary["keys_kept"] == {"retired less than 600 s ago, see --delete-after": 9}
+    assert summary["keys_kept"] == {"retired too recently, see --delete-after": 9}
     output = rotate_text("--reencrypt", "--scope", "global")
-    assert "retired data keys kept (retired less than 600 s ago, see --delete-after): 1" in output
+    assert "retired data keys kept (retired too recently, see --delete-after): 1" in output
 
 
 def test_key_named_by_a_late_value_is_kept(data, write_raw):
@@ -190,7 +205,7 @@ def test_key_named_by_a_late_value_is_kept(data, write_raw):
     write_raw(note, "text", old_token)
 
     rotation = Rotation(RotationOptions(delete_after=datetime.timedelta(0), scopes=["global"]))
-    rotation._delete_unused_retired_keys(report_kept=True)
+    rotation._delete_unused_retired_keys(retired_before=timezone.now())
 
     assert rotation.summary.keys_kept == {"still used by stored values": 1}
     assert rotation.summary.keys_deleted == 0
@@ -276,6 +291,7 @@ def test_dry_run_changes_nothing(data):
     assert summary["planned"]["keys_to_rotate"] == 4
     assert summary["planned"]["row_keys_to_rotate"] == 5
     assert summary["planned"]["values_to_reencrypt"] == 82
+    assert summary["planned"]["values_left_unchanged"] == 0
     assert summary["planned"]["kms_calls"] > 0
     assert list(DataKey.objects.order_by("pk").values_list("pk", "state", "wrapped_key")) == keys
     assert key_ids(Note, "text") == tokens
@@ -299,6 +315,11 @@ def test_text_output_and_progress(data):
         (["--model", "testapp.Nope"], "Unknown model 'testapp.Nope'"),
         (["--model", "testapp.Organisation"], "has no encrypted fields"),
         (["--scope", "tenants:1"], "Unknown scope 'tenants:1'"),
+        (["--scope", "tenant:"], "Unknown scope 'tenant:'"),
+        (["--scope", "tenant:999999"], "No data key has the scope 'tenant:999999'"),
+        (["--scope", "row:testapp.nope:1"], "Unknown model in scope"),
+        (["--scope", "row:testapp.note:1"], "has no fields with key_scope='row'"),
+        (["--no-rotate"], "--no-rotate only applies to --reencrypt"),
         (["--master-key-id", "x"], "--master-key-id only applies to --rewrap"),
         (["--database", "other"], "Unknown database 'other'"),
     ],
@@ -311,8 +332,11 @@ def test_invalid_options(args, message):
 def test_invalid_numbers_are_rejected():
     with pytest.raises(CommandError, match="positive integer"):
         rotate_text("--batch-size", "0")
-    with pytest.raises(CommandError, match="non-negative number"):
-        rotate_text("--older-than", "-1")
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(CommandError, match="non-negative number"):
+            rotate_text("--older-than", bad)
+        with pytest.raises(CommandError, match="non-negative number"):
+            rotate_text("--delete-after", bad)
 
 
 def test_kms_failure_mid_run_stops_cleanly(data, kms, monkeypatch):
@@ -339,7 +363,8 @@ def test_kms_failure_mid_run_stops_cleanly(data, kms, monkeypatch):
     assert plaintexts() == before
     summary = rotate("--reencrypt", "--delete-after", "0")
     assert summary["values_skipped"] == {}
-    assert DataKey.objects.filter(state="retired").count() == 0
+    assert summary["scopes_resumed"] == 4
+    assert summary["keys_deleted"] == 4
     assert plaintexts() == before
 
 
@@ -354,12 +379,14 @@ def test_undecryptable_value_is_reported_and_left_alone(data, stored, write_raw)
     with pytest.raises(CommandError) as excinfo:
         rotate_text("--reencrypt", "--delete-after", "0")
     assert "1 stored values were left unchanged: 1 cannot be decrypted" in str(excinfo.value)
+    assert "The first 1 are listed above" in str(excinfo.value)
 
     assert stored(victim, "secret") == copied
     output = io.StringIO()
     with pytest.raises(CommandError):
         call_command("rotate_keys", "--reencrypt", stdout=output, stderr=output)
     assert f"testapp.TenantRecord.secret pk={victim.pk}: cannot be decrypted" in output.getvalue()
+    assert "Done." not in output.getvalue()
     # The other tenant's key is still used by the copied token, so it stays.
     clear_data_key_cache()
     with pytest.raises(DecryptionError):
@@ -443,8 +470,11 @@ def test_migrate_plaintext_column(legacy_table):
     assert EncryptedLegacyPatient.objects.get(pk=new.pk).notes == "written encrypted"
     originals[new.pk] = (new.notes, new.age, None, None)
 
-    summary = rotate("--reencrypt", "--model", "testapp.EncryptedLegacyPatient")
+    keys_before = set(DataKey.objects.values_list("pk", "state"))
+    summary = rotate("--reencrypt", "--no-rotate", "--model", "testapp.EncryptedLegacyPatient")
     assert summary["values_encrypted_from_plaintext"] == 7 * 4
+    assert summary["keys_created"] == 0
+    assert keys_before <= set(DataKey.objects.values_list("pk", "state"))
     assert summary["values_skipped"] == {}
     assert values() == originals
     with connection.cursor() as cursor:
@@ -461,3 +491,101 @@ def test_migrate_plaintext_column(legacy_table):
         cursor.execute("UPDATE testapp_legacypatient SET notes = 'injected plaintext'")
     with pytest.raises(DecryptionError):
         list(EncryptedPatient.objects.exclude(notes=None).values_list("notes", flat=True))
+
+
+def test_retired_row_key_named_by_a_late_value_is_kept(data, write_raw, stored):
+    row = RowRecord.objects.first()
+    old_token = stored(row, "secret")
+    rotate("--reencrypt", "--delete-after", "3600", "--scope", "row")
+    old_key = DataKey.objects.get(pk=ciphers.decode_key_id(old_token[4:15]))
+    assert old_key.state == "retired"
+    # An application process whose cache still held the old row key saved the row.
+    write_raw(row, "secret", old_token)
+
+    rotation = Rotation(RotationOptions(delete_after=datetime.timedelta(0), scopes=["row"]))
+    rotation._delete_unused_retired_keys(retired_before=timezone.now())
+
+    assert DataKey.objects.filter(pk=old_key.pk).exists()
+    assert rotation.summary.keys_kept == {"still used by stored values": 1}
+    assert rotation.summary.keys_deleted == 4
+    clear_data_key_cache()
+    assert RowRecord.objects.get(pk=row.pk).secret == row.secret
+
+
+def test_row_scope_is_written_as_data_keys_are(data):
+    row = RowRecord.objects.first()
+    summary = rotate(
+        "--reencrypt",
+        "--scope",
+        f"row:testapp.RowRecord:{row.pk.hex.upper()}",
+        "--delete-after",
+        "0",
+    )
+    assert summary["keys_created"] == 1
+    assert summary["values_reencrypted"] == 2
+
+
+def test_no_rotate_only_moves_values(data):
+    rotate()
+    keys = set(DataKey.objects.values_list("pk", flat=True))
+    summary = rotate("--reencrypt", "--no-rotate", "--delete-after", "0")
+    assert summary["keys_created"] == 0
+    assert summary["values_reencrypted"] == 12 * 3 + 12 * 3
+    assert summary["keys_deleted"] == 4
+    assert set(DataKey.objects.values_list("pk", flat=True)) < keys
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        [],
+        [["--scope", "global"]],
+        [["--reencrypt", "--scope", "row", "--delete-after", "3600"]],
+    ],
+)
+def test_dry_run_predicts_the_run(data, before):
+    for args in before:
+        rotate(*args)
+    plan = rotate("--reencrypt", "--dry-run")["planned"]
+    summary = rotate("--reencrypt")
+    assert plan["keys_to_rotate"] + plan["row_keys_to_rotate"] == summary["keys_created"]
+    assert plan["values_to_reencrypt"] == summary["values_reencrypted"]
+    assert plan["values_left_unchanged"] == sum(summary["values_skipped"].values())
+
+
+def test_dry_run_with_older_than(data):
+    DataKey.objects.filter(scope="global").update(
+        created_at=timezone.now() - datetime.timedelta(days=3)
+    )
+    plan = rotate("--reencrypt", "--dry-run", "--older-than", "1")["planned"]
+    summary = rotate("--reencrypt", "--older-than", "1")
+    assert plan["keys_to_rotate"] == summary["keys_created"] == 1
+    assert plan["row_keys_to_rotate"] == 0
+    assert plan["values_to_reencrypt"] == summary["values_reencrypted"] == 12 * 3
+
+
+def test_dry_run_finds_undecryptable_values(data, stored, write_raw):
+    note = Note.objects.first()
+    write_raw(note, "text", stored(note, "text")[:-5])
+    summary = rotate("--reencrypt", "--dry-run")
+    assert summary["planned"]["values_left_unchanged"] == 1
+    assert summary["failures"][0]["pk"] == str(note.pk)
+
+
+def test_failed_run_reports_only_committed_work(data, monkeypatch):
+    rotate()
+    clear_data_key_cache()
+    provider = get_provider()
+
+    def fail(*args, **kwargs):
+        raise KeyProviderError("injected", code="AccessDeniedException")
+
+    monkeypatch.setattr(provider, "decrypt_data_key", fail)
+    output = io.StringIO()
+    with pytest.raises(CommandError, match="AccessDeniedException: injected. The batch"):
+        call_command("rotate_keys", "--reencrypt", stdout=output, stderr=output)
+    text = output.getvalue()
+    assert "Summary of the work done before the failure" in text
+    assert "values re-encrypted: 0" in text
+    assert "data keys created: 0" in text
+    assert "Done." not in text

@@ -1,14 +1,18 @@
 import datetime
 import json
+import math
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
 from django_kms_fields.exceptions import KeyProviderError
 from django_kms_fields.fields import EncryptedField
+from django_kms_fields.models import DataKey
 from django_kms_fields.rotation import (
+    MAX_REPORTED_FAILURES,
     Progress,
     Rotation,
     RotationOptions,
@@ -23,15 +27,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative_float(text: str) -> float:
+def _non_negative_number(text: str) -> float:
     value = float(text)
-    if value < 0:
+    if not math.isfinite(value) or value < 0:
         raise ValueError(text)
     return value
 
 
+# argparse names the type in its error message.
 _positive_int.__name__ = "positive integer"
-_non_negative_float.__name__ = "non-negative number"
+_non_negative_number.__name__ = "non-negative number"
 
 
 class Command(BaseCommand):
@@ -48,13 +53,21 @@ class Command(BaseCommand):
             "--reencrypt",
             action="store_true",
             help="Also re-encrypt stored values that use a retired data key (or legacy "
-            "plaintext) with the active key of their scope, then delete unused retired keys.",
+            "plaintext) with the active key of their scope, give rows new per-row keys, and "
+            "delete retired keys that no value uses any more.",
         )
         modes.add_argument(
             "--rewrap",
             action="store_true",
             help="Wrap data keys under the master key of --master-key-id (default: "
             "KMS_FIELDS['MASTER_KEY_ID']) with KMS ReEncrypt. Values are not touched.",
+        )
+        parser.add_argument(
+            "--no-rotate",
+            action="store_false",
+            dest="rotate",
+            help="With --reencrypt: do not rotate any key; only move values (and legacy "
+            "plaintext) to the current active keys and delete unused retired keys.",
         )
         parser.add_argument(
             "--master-key-id",
@@ -73,12 +86,12 @@ class Command(BaseCommand):
             action="append",
             dest="scopes",
             metavar="SCOPE",
-            help="Only this scope (repeatable): 'global', 'tenant:<id>', 'row:<app>.<model>:"
-            "<pk>', or a kind, 'tenant' or 'row'.",
+            help="Only this scope (repeatable): 'global', 'tenant:<id>', "
+            "'row:<app_label>.<model>:<pk>', or every scope of a kind, 'tenant' or 'row'.",
         )
         parser.add_argument(
             "--older-than",
-            type=_non_negative_float,
+            type=_non_negative_number,
             metavar="DAYS",
             help="Only rotate or re-wrap data keys created more than DAYS days ago.",
         )
@@ -91,16 +104,17 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--delete-after",
-            type=_non_negative_float,
+            type=_non_negative_number,
             metavar="SECONDS",
             help="Delete an unused retired key only when it was retired more than SECONDS "
-            "ago (default: DATA_KEY_CACHE_TTL + 300). Must exceed the time processes cache "
-            "keys and your longest transaction.",
+            "ago (default: DATA_KEY_CACHE_TTL + 300). Keys retired by the same run are never "
+            "deleted by it.",
         )
         parser.add_argument(
             "--dry-run",
             action="store_true",
-            help="Report what would change (keys, values, KMS calls) and change nothing.",
+            help="Report what would change (keys, values, an estimate of KMS calls) and "
+            "change nothing. Reads, and decrypts, every value that would move.",
         )
         parser.add_argument(
             "--json", action="store_true", help="Print the summary as JSON on stdout."
@@ -114,59 +128,65 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["master_key_id"] and not options["rewrap"]:
             raise CommandError("--master-key-id only applies to --rewrap.")
+        if not options["rotate"] and not options["reencrypt"]:
+            raise CommandError("--no-rotate only applies to --reencrypt.")
         if options["database"] not in connections:
             raise CommandError(f"Unknown database {options['database']!r}.")
         self.verbosity = options["verbosity"]
         self.as_json = options["json"]
+        self.database = options["database"]
 
+        scopes = self._scopes(options["scopes"])
+        kinds = {scope.split(":", 1)[0] for scope in scopes or ()}
+        if "row" in kinds and not (options["reencrypt"] or options["rewrap"]):
+            self._human.write(
+                self.style.WARNING(
+                    "Per-row keys rotate with their rows: add --reencrypt to rotate them."
+                )
+            )
         rotation_options = RotationOptions(
-            using=options["database"],
+            using=self.database,
             models=self._models(options["models"]),
-            scopes=self._scopes(options["scopes"]),
-            older_than=(
-                datetime.timedelta(days=options["older_than"])
-                if options["older_than"] is not None
-                else None
-            ),
+            scopes=scopes,
+            older_than=_days(options["older_than"]),
             batch_size=options["batch_size"],
             dry_run=options["dry_run"],
             reencrypt=options["reencrypt"],
+            rotate=options["rotate"],
             rewrap=options["rewrap"],
             master_key_id=options["master_key_id"],
-            delete_after=(
-                datetime.timedelta(seconds=options["delete_after"])
-                if options["delete_after"] is not None
-                else None
-            ),
+            delete_after=_seconds(options["delete_after"]),
         )
         rotation = Rotation(rotation_options, self._progress, self._detail)
         try:
             summary = rotation.run()
         except KeyProviderError as error:
-            self._report(rotation.summary)
+            self._report(rotation.summary, finished=False)
             raise CommandError(
-                f"The key provider failed with {error.code}: {error}. The batch in progress "
-                "was rolled back and every value is still readable. Fix the cause and run "
-                "the same command again to finish."
+                f"The key provider failed with {error.code}: {_sentence(error)} "
+                f"{self._stopped(options)} Fix the cause and run the same command again."
             ) from error
         except DatabaseError as error:
-            self._report(rotation.summary)
+            self._report(rotation.summary, finished=False)
             hint = ""
-            if connections[options["database"]].vendor == "sqlite" and "locked" in str(error):
+            if connections[self.database].vendor == "sqlite" and "locked" in str(error):
                 hint = (
                     " Another process (probably another rotate_keys run) holds SQLite's "
                     "write lock; wait for it to finish."
                 )
             raise CommandError(
-                f"Database error: {error}.{hint} The batch in progress was rolled back; run "
-                "the same command again to finish."
+                f"Database error: {_sentence(error)}{hint} {self._stopped(options)} "
+                "Run the same command again to finish."
             ) from error
-        self._report(summary)
-        if summary.values_skipped:
+        self._report(summary, finished=True)
+        if summary.values_skipped and not summary.dry_run:
+            skipped = sum(summary.values_skipped.values())
+            listed = min(skipped, MAX_REPORTED_FAILURES)
             raise CommandError(
-                f"{sum(summary.values_skipped.values())} stored values were left unchanged: "
-                f"{self._reasons(summary)}. Their rows are listed above; nothing else was "
-                "affected. Inspect them (see the rotate_keys runbook) and run again."
+                f"{skipped} stored values were left unchanged: {self._reasons(summary)}. "
+                f"The first {listed} are listed above with their rows; everything else was "
+                "done, and the data keys those values name are kept. See the rotate_keys "
+                "runbook, then run the same command again."
             )
 
     # Options
@@ -188,17 +208,53 @@ class Command(BaseCommand):
         return chosen
 
     def _scopes(self, scopes: list[str] | None) -> list[str] | None:
+        """Validate scopes, write them as the data keys do, and require that each exists."""
         if not scopes:
             return None
+        normalized = []
         for scope in scopes:
-            if scope not in ("global", "tenant", "row") and not scope.startswith(
-                ("tenant:", "row:")
-            ):
+            if scope in ("global", "tenant", "row"):
+                normalized.append(scope)
+                continue
+            kind, _, rest = scope.partition(":")
+            if kind == "tenant" and rest:
+                canonical = scope
+            elif kind == "row" and rest:
+                canonical = self._row_scope(scope, rest)
+            else:
                 raise CommandError(
                     f"Unknown scope {scope!r}; use 'global', 'tenant', 'row', "
-                    "'tenant:<id>' or 'row:<app>.<model>:<pk>'."
+                    "'tenant:<id>' or 'row:<app_label>.<model>:<pk>'."
                 )
-        return scopes
+            if not DataKey.objects.using(self.database).filter(scope=canonical).exists():
+                raise CommandError(
+                    f"No data key has the scope {canonical!r}. Scopes look like "
+                    "'tenant:42' or 'row:crm.person:<pk>'; the DataKey admin lists them."
+                )
+            normalized.append(canonical)
+        return normalized
+
+    def _row_scope(self, scope: str, rest: str) -> str:
+        label, _, pk_text = rest.rpartition(":")
+        try:
+            model = apps.get_model(label)
+        except (LookupError, ValueError):
+            raise CommandError(
+                f"Unknown model in scope {scope!r}; use 'row:<app_label>.<model>:<pk>'."
+            ) from None
+        row_fields = [
+            f
+            for f in model._meta.local_concrete_fields
+            if isinstance(f, EncryptedField) and f.key_scope == "row"
+        ]
+        if not row_fields:
+            raise CommandError(f"{model._meta.label} has no fields with key_scope='row'.")
+        try:
+            return row_fields[0]._scope_from_context(pk_text)
+        except (ValueError, TypeError, ValidationError) as error:
+            raise CommandError(
+                f"Invalid primary key {pk_text!r} in scope {scope!r}: {error}"
+            ) from None
 
     # Output
 
@@ -207,30 +263,38 @@ class Command(BaseCommand):
         # With --json, stdout carries only the JSON document.
         return self.stderr if self.as_json else self.stdout
 
+    def _stopped(self, options: dict[str, Any]) -> str:
+        if options["rewrap"]:
+            return "Keys re-wrapped so far keep their new wrapping; the others are unchanged."
+        return (
+            "The batch in progress was rolled back; values already moved stay readable, "
+            "and the others are as they were."
+        )
+
     def _progress(self, progress: Progress) -> None:
         if self.verbosity < 1:
             return
         left = progress.seconds_left
         left_text = f", about {left:.0f} s left" if left is not None and left >= 1 else ""
         self._human.write(
-            f"  {progress.model}: {progress.done}/{progress.total} rows "
-            f"({progress.rows_per_second:.0f} rows/s{left_text})"
+            f"  {progress.task}: {progress.done}/{progress.total} {progress.unit} "
+            f"({progress.per_second:.0f} {progress.unit}/s{left_text})"
         )
 
-    def _detail(self, message: str) -> None:
-        if self.verbosity >= 2:
+    def _detail(self, message: str, verbosity: int) -> None:
+        if self.verbosity >= verbosity:
             self._human.write(f"  {message}")
 
     def _reasons(self, summary: RotationSummary) -> str:
         return "; ".join(f"{count} {reason}" for reason, count in summary.values_skipped.items())
 
-    def _report(self, summary: RotationSummary) -> None:
+    def _report(self, summary: RotationSummary, *, finished: bool) -> None:
         if self.as_json:
             self.stdout.write(json.dumps(summary.as_dict(), indent=2, sort_keys=True))
             return
         if self.verbosity < 1:
             return
-        write = self.stdout.write
+        write = self._human.write
         if summary.dry_run:
             write(self.style.MIGRATE_HEADING("Dry run: nothing was changed."))
             for name, count in summary.planned.items():
@@ -238,8 +302,10 @@ class Command(BaseCommand):
                 if name == "kms_calls":
                     label = "KMS calls (estimate)"
                 write(f"  {label}: {count}")
+            self._report_failures(summary)
             return
-        write(self.style.MIGRATE_HEADING("Summary"))
+        heading = "Summary" if finished else "Summary of the work done before the failure"
+        write(self.style.MIGRATE_HEADING(heading))
         write(f"  data keys created: {summary.keys_created}")
         write(f"  data keys retired: {summary.keys_retired}")
         write(f"  data keys deleted: {summary.keys_deleted}")
@@ -248,16 +314,25 @@ class Command(BaseCommand):
             write(f"  retired data keys kept ({reason}): {count}")
         if summary.scopes_resumed:
             write(
-                f"  scopes not rotated again, to finish an earlier re-encryption: "
+                "  scopes not rotated again, to finish an earlier rotation: "
                 f"{summary.scopes_resumed}"
             )
         write(f"  rows scanned: {summary.rows_scanned}")
+        if summary.rows_waited_for:
+            held = summary.rows_waited_for
+            write(f"  rows that other transactions held, done after waiting: {held}")
         write(f"  values re-encrypted: {summary.values_reencrypted}")
         write(f"  values encrypted from plaintext: {summary.values_encrypted_from_plaintext}")
         calls = ", ".join(f"{name} {count}" for name, count in sorted(summary.kms_calls.items()))
         write(f"  key provider calls: {calls or 'none'}")
+        self._report_failures(summary)
+        if finished and not summary.values_skipped:
+            write(self.style.SUCCESS("Done."))
+
+    def _report_failures(self, summary: RotationSummary) -> None:
+        write = self._human.write
         for reason, count in summary.values_skipped.items():
-            write(self.style.WARNING(f"  values skipped ({reason}): {count}"))
+            write(self.style.WARNING(f"  values left unchanged ({reason}): {count}"))
         for failure in summary.failures:
             write(
                 self.style.WARNING(
@@ -265,5 +340,17 @@ class Command(BaseCommand):
                     f"{failure['reason']}"
                 )
             )
-        if not summary.values_skipped:
-            write(self.style.SUCCESS("Done."))
+
+
+def _days(value: float | None) -> datetime.timedelta | None:
+    return None if value is None else datetime.timedelta(days=value)
+
+
+def _seconds(value: float | None) -> datetime.timedelta | None:
+    return None if value is None else datetime.timedelta(seconds=value)
+
+
+def _sentence(error: Exception) -> str:
+    """The error's message as one sentence that ends with a period."""
+    text = str(error).strip()
+    return text if text.endswith((".", "!", "?")) else f"{text}."
