@@ -30,7 +30,7 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-example
 	cd $(EXAMPLE) && ../$(BIN)/python manage.py migrate --noinput
 	cd $(EXAMPLE) && ../$(BIN)/python manage.py seed_demo
-	cd $(EXAMPLE) && ../$(BIN)/python manage.py create_demo_users
+	cd $(EXAMPLE) && ../$(BIN)/python manage.py create_demo_users --url http://127.0.0.1:$(PORT)/admin/
 	cd $(EXAMPLE) && ../$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
 ## moto-start, moto-stop: a moto_server on 127.0.0.1 standing in for AWS KMS

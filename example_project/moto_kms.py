@@ -98,7 +98,7 @@ def start(port: int) -> None:
         "".join(f"export {name}={value}\n" for name, value in variables.items())
     )
     print(f"moto_server runs on {endpoint} (pid {process.pid}), with KMS key alias/demo.")
-    print(f"Run the demo against it:  . {environment_file} && make demo")
+    print(f"Run the demo against it:  (. {environment_file} && make demo)")
 
 
 def stop() -> None:

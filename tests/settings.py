@@ -24,7 +24,11 @@ os.environ["AWS_ACCESS_KEY_ID"] = "testing"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ["AWS_SESSION_TOKEN"] = "testing"
 os.environ["AWS_DEFAULT_REGION"] = "eu-west-1"
-os.environ.pop("AWS_PROFILE", None)
+# Variables that would send boto3 elsewhere, left behind in the shell by
+# example_project/.dev-secrets/moto.env for example.
+for name in list(os.environ):
+    if name in ("AWS_PROFILE", "AWS_CONFIG_FILE") or name.startswith("AWS_ENDPOINT_URL"):
+        del os.environ[name]
 
 env = environ.Env()
 

@@ -33,7 +33,8 @@ def project(tmp_path):
     environment = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("DJANGO_", "KMS_FIELDS_", "EXAMPLE_")) and key != "DATABASE_URL"
+        if not key.startswith(("DJANGO_", "KMS_FIELDS_", "EXAMPLE_", "AWS_ENDPOINT_URL"))
+        and key != "DATABASE_URL"
     }
     environment.update(
         {
@@ -117,7 +118,10 @@ def test_local_master_key_is_generated_once_and_private(project):
 
 
 def test_demo_users(project):
-    output = project.manage("create_demo_users", "--password", "demo-pass-1").stdout
+    output = project.manage(
+        "create_demo_users", "--password", "demo-pass-1", "--url", "http://127.0.0.1:8001/admin/"
+    ).stdout
+    assert "Demo logins (http://127.0.0.1:8001/admin/)" in output
     assert "admin   / demo-pass-1" in output
     assert "auditor / demo-pass-1" in output
     result = project.python(

@@ -27,8 +27,13 @@ class Command(BaseCommand):
             help="Password for both users (default: one generated on first run and kept "
             "in .dev-secrets/demo_password).",
         )
+        parser.add_argument(
+            "--url",
+            default="http://127.0.0.1:8000/admin/",
+            help="Admin address to print with the logins (default: %(default)s).",
+        )
 
-    def handle(self, *args: Any, password: str | None, **options: Any) -> None:
+    def handle(self, *args: Any, password: str | None, url: str, **options: Any) -> None:
         password = password or dev_secret("demo_password", lambda: secrets.token_urlsafe(12))
 
         admin, _created = User.objects.get_or_create(username="admin")
@@ -46,6 +51,6 @@ class Command(BaseCommand):
             for app_label, codename in AUDITOR_PERMISSIONS
         )
 
-        self.stdout.write(self.style.SUCCESS("Demo logins (http://127.0.0.1:8000/admin/):"))
+        self.stdout.write(self.style.SUCCESS(f"Demo logins ({url}):"))
         self.stdout.write(f"  admin   / {password}   sees decrypted values")
         self.stdout.write(f"  auditor / {password}   sees masked values")
