@@ -1031,4 +1031,7 @@ class EncryptedJSONField(EncryptedField, models.JSONField):
     def formfield(self, **kwargs: Any) -> Any:
         from .forms import PrettyJSONField
 
-        return super().formfield(**{"form_class": PrettyJSONField, **kwargs})
+        defaults = {"form_class": PrettyJSONField, **kwargs}
+        if issubclass(defaults["form_class"], PrettyJSONField):
+            defaults.setdefault("allow_null", self.null)
+        return super().formfield(**defaults)

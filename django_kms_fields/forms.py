@@ -11,10 +11,17 @@ from django import forms
 class PrettyJSONField(forms.JSONField):
     """A ``JSONField`` form field that shows documents indented, in a monospaced text area.
 
-    Invalid JSON is rejected with the usual "Enter a valid JSON." error.
+    Invalid JSON is rejected with the usual "Enter a valid JSON." error. With
+    ``allow_null=False`` (a model field without ``null=True``), an empty input
+    or ``null`` is a form error too, instead of an ``IntegrityError`` on save.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    default_error_messages = {
+        "null": "This field cannot be empty or null. Enter a JSON value, such as [] or {}.",
+    }
+
+    def __init__(self, *, allow_null: bool = True, **kwargs: Any) -> None:
+        self.allow_null = allow_null
         kwargs.setdefault(
             "widget",
             forms.Textarea(
@@ -32,3 +39,8 @@ class PrettyJSONField(forms.JSONField):
         if isinstance(value, forms.fields.InvalidJSONInput):
             return value
         return json.dumps(value, ensure_ascii=False, indent=2, cls=self.encoder)
+
+    def validate(self, value: Any) -> None:
+        super().validate(value)
+        if value is None and not self.allow_null:
+            raise forms.ValidationError(self.error_messages["null"], code="null")

@@ -145,6 +145,23 @@ def test_invalid_json_is_a_form_error(admin_client, stored):
     assert stored(note, "document") == token
 
 
+def test_json_without_null_rejects_empty_input():
+    from django import forms
+
+    from django_kms_fields import EncryptedJSONField
+
+    required = EncryptedJSONField(blank=True, default=list).formfield()
+    for empty in ("", "null"):
+        with pytest.raises(forms.ValidationError) as error:
+            required.clean(empty)
+        assert error.value.code == "null"
+    assert required.clean("[]") == []
+
+    nullable = EncryptedJSONField(blank=True, null=True).formfield()
+    assert nullable.clean("") is None
+    assert nullable.clean("null") is None
+
+
 def test_staff_without_permission_sees_masks(client, records):
     staff(client, *MODEL_PERMISSIONS)
 
