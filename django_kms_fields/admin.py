@@ -144,7 +144,7 @@ _DATA_KEY_COLUMNS = [
     "scope",
     "state",
     "master_key_id",
-    "encryption_count",
+    "encryptions",
     "created_at",
     "retired_at",
     "values_using_it",
@@ -180,6 +180,13 @@ class DataKeyAdmin(admin.ModelAdmin):
     def key_id(self, obj: DataKey) -> str:
         return obj.key_id
 
+    @admin.display(description=_("encryptions counted"), ordering="encryption_count")
+    def encryptions(self, obj: DataKey) -> Any:
+        # Per-row keys encrypt one row's values and are not counted.
+        if obj.scope.startswith("row:"):
+            return _("not counted (per-row key)")
+        return obj.encryption_count
+
     @admin.display(description=_("values using it"))
     def values_using_it(self, obj: DataKey) -> Any:
         """Count values for per-row keys (one row to read); shared keys would need full scans."""
@@ -214,9 +221,26 @@ class DataKeyAdmin(admin.ModelAdmin):
     def rotate_selected(self, request: HttpRequest, queryset: Any) -> None:
         keyring = get_keyring()
         rotated = 0
-        for key in queryset.filter(state=DataKey.State.ACTIVE):
+        selected = list(queryset)
+        for key in selected:
+            if key.state != DataKey.State.ACTIVE:
+                continue
             _entry, created = keyring.rotate(key.scope, key._state.db, expected_key_id=key.pk)
             rotated += int(created)
+        retired = sum(key.state != DataKey.State.ACTIVE for key in selected)
+        if retired:
+            self.message_user(
+                request,
+                ngettext(
+                    "Skipped %(count)d selected key that was already retired.",
+                    "Skipped %(count)d selected keys that were already retired.",
+                    retired,
+                )
+                % {"count": retired},
+                messages.WARNING,
+            )
+        if not rotated:
+            return
         self.message_user(
             request,
             ngettext(

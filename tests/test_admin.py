@@ -288,7 +288,8 @@ def test_data_key_admin_is_read_only_and_shows_no_key_material(admin_client, rec
         assert base64.b64encode(key.wrapped_key).decode()[:16] not in content
         assert key.wrapped_key.hex()[:16] not in content
     assert f"row:testapp.rowrecord:{row.pk}" in content
-    assert "not counted" in content
+    assert "not counted (see rotate_keys --dry-run)" in content
+    assert "not counted (per-row key)" in content
     assert admin_client.get(reverse("admin:django_kms_fields_datakey_add")).status_code == 403
 
     key = (
@@ -312,6 +313,13 @@ def test_rotate_action(admin_client, client, records):
     key.refresh_from_db()
     assert key.state == "retired"
     assert DataKey.objects.get(scope=scope, state="active").pk != key.pk
+
+    response = admin_client.post(
+        url, {"action": "rotate_selected", "_selected_action": [key.pk]}, follow=True
+    )
+    content = response.content.decode()
+    assert "Skipped 1 selected key that was already retired." in content
+    assert "Rotated" not in content
 
     staff(client, "django_kms_fields.view_datakey")
     response = client.get(url)
