@@ -160,6 +160,7 @@ class _BatchResult:
     failures: list[tuple[str, str, Any, str]] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     row_keys_due: int = 0
+    row_scopes_resumed: int = 0
     old_key_ids: set[str] = field(default_factory=set)
 
     def add_to(self, summary: RotationSummary) -> None:
@@ -167,6 +168,7 @@ class _BatchResult:
         summary.keys_retired += self.keys_rotated
         summary.values_reencrypted += self.values_reencrypted
         summary.values_encrypted_from_plaintext += self.values_encrypted_from_plaintext
+        summary.scopes_resumed += self.row_scopes_resumed
         for failure in self.failures:
             summary.record_failure(*failure)
 
@@ -442,7 +444,12 @@ class Rotation:
                 if encrypted_field.key_scope == ROW:
                     row_scopes.add(scope)
         row_keys = self._row_keys(row_scopes)
-        due_row_scopes = {scope for scope, key in row_keys.items() if self._row_key_due(key)}
+        due_row_scopes = set()
+        for scope, key in row_keys.items():
+            if self._row_key_due(key):
+                due_row_scopes.add(scope)
+            elif key.has_retired and self._row_key_due(key, ignore_retired=True):
+                result.row_scopes_resumed += 1
         result.row_keys_due += len(due_row_scopes)
 
         plaintexts = []
@@ -485,8 +492,11 @@ class Rotation:
                 keys[scope].has_retired = True
         return keys
 
-    def _row_key_due(self, key: _RowKey) -> bool:
-        if not self.options.rotate or key.active_id is None or key.has_retired:
+    def _row_key_due(self, key: _RowKey, *, ignore_retired: bool = False) -> bool:
+        """Whether this run gives the row a new key (not while a retired one remains)."""
+        if not self.options.rotate or key.active_id is None:
+            return False
+        if key.has_retired and not ignore_retired:
             return False
         cutoff = self._older_than_cutoff()
         return cutoff is None or (key.created_at is not None and key.created_at < cutoff)

@@ -129,7 +129,8 @@ def test_reencrypt_moves_every_value_and_deletes_old_keys(data):
 
     second = rotate("--reencrypt", "--delete-after", "0")
     assert second["keys_created"] == 0
-    assert second["scopes_resumed"] == 4
+    # The global and tenant scopes, and the 5 rows.
+    assert second["scopes_resumed"] == 4 + 5
     assert second["values_reencrypted"] == 0
     assert second["keys_deleted"] == len(old_keys)
     assert not DataKey.objects.filter(pk__in=old_keys).exists()
@@ -153,7 +154,14 @@ def test_reencrypt_output_reports_deleted_keys(data):
     output = rotate_text("--reencrypt", "--delete-after", "0", verbosity=2)
     assert "Deleted unused retired data key" in output
     assert "data keys deleted: 9" in output
-    assert "scopes not rotated again, to finish an earlier rotation: 4" in output
+    assert "scopes not rotated again, to finish an earlier rotation: 9" in output
+
+
+def test_short_delete_after_warns(data):
+    output = rotate_text("--reencrypt", "--delete-after", "10")
+    assert "--delete-after 10 is shorter than DATA_KEY_CACHE_TTL (300 seconds)" in output
+    assert "shorter than" not in rotate_text("--reencrypt", "--delete-after", "600")
+    assert rotate_text("--reencrypt", "--delete-after", "0", verbosity=0) == ""
 
 
 def test_kms_calls_follow_keys_not_rows(data, kms):

@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
+from django_kms_fields.conf import get_settings
 from django_kms_fields.exceptions import KeyProviderError
 from django_kms_fields.fields import EncryptedField
 from django_kms_fields.models import DataKey
@@ -139,9 +140,20 @@ class Command(BaseCommand):
         scopes = self._scopes(options["scopes"])
         kinds = {scope.split(":", 1)[0] for scope in scopes or ()}
         if "row" in kinds and not (options["reencrypt"] or options["rewrap"]):
-            self._human.write(
+            self._warn(
                 self.style.WARNING(
                     "Per-row keys rotate with their rows: add --reencrypt to rotate them."
+                )
+            )
+        ttl = get_settings().data_key_cache_ttl
+        delete_after = options["delete_after"]
+        if options["reencrypt"] and delete_after is not None and delete_after < ttl:
+            self._warn(
+                self.style.WARNING(
+                    f"--delete-after {delete_after:g} is shorter than DATA_KEY_CACHE_TTL "
+                    f"({ttl:g} seconds): a process that still caches a deleted key as active "
+                    "would write values that nothing can decrypt. Use it only when every "
+                    "process has restarted since the keys were retired."
                 )
             )
         rotation_options = RotationOptions(
@@ -262,6 +274,10 @@ class Command(BaseCommand):
     def _human(self) -> Any:
         # With --json, stdout carries only the JSON document.
         return self.stderr if self.as_json else self.stdout
+
+    def _warn(self, message: str) -> None:
+        if self.verbosity >= 1:
+            self._human.write(message)
 
     def _stopped(self, options: dict[str, Any]) -> str:
         if options["rewrap"]:
