@@ -5,8 +5,9 @@ import sys
 
 import django
 
-sys.path.insert(0, os.path.abspath(".."))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+DOCS = os.path.abspath(os.path.dirname(__file__))
+sys.path[:0] = [os.path.dirname(DOCS), DOCS]
+os.environ["DJANGO_SETTINGS_MODULE"] = "doctest_settings"
 django.setup()
 
 project = "django-kms-fields"
@@ -22,5 +23,13 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 nitpicky = False
 exclude_patterns = ["_build"]
+
+# Every example runs: python blocks are testcode, and interactive sessions
+# doctest blocks, against an in-memory SQLite database (make docs).
+doctest_global_setup = """
+from doctest_support import create_tables, forget_models, setup_database
+setup_database()
+__name__ = "clinics.models"
+"""
 html_theme = "alabaster"
 html_title = "django-kms-fields"
