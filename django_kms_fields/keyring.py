@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 MAX_UNRECORDED_ENCRYPTIONS = 65536
 _SWEEP_INTERVAL_SECONDS = 5.0
 _MAX_ASSOCIATED_DATA_CACHE = 64
+_KEY_ID_START = len(ciphers.PREFIX)
+_KEY_ID_END = ciphers.HEADER_LENGTH
 
 
 def encryption_context(scope: str) -> dict[str, str]:
@@ -200,11 +202,16 @@ class Keyring:
         ``DataKeyNotFound`` when its data key is gone, and ``KeyProviderError``
         when the provider cannot unwrap the data key.
         """
-        key_id = ciphers.token_key_id(token)
+        # The fast path of every read: open_token() checks the prefix that
+        # the key id was sliced after.
+        key_id = token[_KEY_ID_START:_KEY_ID_END]
         entry = self._entries.get((alias, key_id))
         if entry is None or entry.expires_at <= time.monotonic():
-            entry = self._load(alias, key_id)
-        return ciphers.open_token(entry.aead, token, entry.associated_data(scope, label))
+            entry = self._load(alias, ciphers.token_key_id(token))
+        associated = entry._associated.get((scope, label))
+        if associated is None:
+            associated = entry.associated_data(scope, label)
+        return ciphers.open_token(entry.aead, token, associated)
 
     def active_entry(self, scope: str, alias: str) -> _DataKeyEntry:
         """Return the active data key of ``scope``, creating it on first use."""
