@@ -39,6 +39,7 @@ from . import ciphers
 from .exceptions import DecryptionError, EncryptionError, KeyProviderError
 from .expressions import EAGER_MARKER, LAZY_MARKER, EncryptedCol, check_write_expression
 from .keyring import DataKeyNotFound, get_keyring
+from .keyring import keyring as _keyring
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -156,25 +157,75 @@ def _writer_code_objects() -> frozenset[CodeType]:
 # bulk_update and loaddata tests fail.
 _WRITER_CODES = _writer_code_objects()
 
+_insert_codes: tuple[tuple[type, ...], frozenset[CodeType]] = ((), frozenset())
+
+
+def _insert_compiler_codes() -> frozenset[CodeType]:
+    """Code objects of ``SQLInsertCompiler`` and of the backends' subclasses."""
+    global _insert_codes
+    from django.db.models.sql.compiler import SQLInsertCompiler
+
+    classes = [SQLInsertCompiler]
+    for cls in classes:
+        classes.extend(cls.__subclasses__())
+    key = tuple(classes)
+    if _insert_codes[0] != key:
+        codes: set[CodeType] = set()
+        for cls in classes:
+            for member in vars(cls).values():
+                if hasattr(member, "__code__"):
+                    codes |= _code_objects(member)
+        _insert_codes = (key, frozenset(codes))
+    return _insert_codes[1]
+
+
+class _HiddenFromInserts:
+    """A placeholder hook that INSERT compilers do not see.
+
+    On PostgreSQL, Django inserts rows in bulk with ``UNNEST`` only when no
+    field has a placeholder hook, which is several times faster. Inserts need
+    none of these hooks (``prepare_write()`` checks what model instances
+    write), while UPDATE statements do, so the hook hides from the insert
+    compiler's code.
+    NOTE: this depends on Django's compiler internals. If a Django release
+    moves that code, inserts see the hook again and only lose speed.
+    """
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        if sys._getframe(1).f_code in _insert_compiler_codes():
+            raise AttributeError(self.name)
+        return self.function.__get__(instance, owner)
+
 
 class EncryptedAttribute(DeferredAttribute):
     """Descriptor that decrypts a loaded value on first access."""
 
     field: EncryptedField
 
+    def __init__(self, field: EncryptedField) -> None:
+        super().__init__(field)
+        self.attname = field.attname
+
     def __get__(self, instance: Any, cls: Any = None) -> Any:
         if instance is None:
             return self
         data = instance.__dict__
-        attname = self.field.attname
+        attname = self.attname
         if attname not in data:
             super().__get__(instance, cls)
         if sys._getframe(1).f_code in _WRITER_CODES:
             return self.field.prepare_write(instance)
         value = data[attname]
         if value.__class__ is SealedValue:
-            value = self.field.unseal(instance, value)
-            data[attname] = value
+            value = data[attname] = self.field.unseal(instance, value)
         return value
 
     def __set__(self, instance: Any, value: Any) -> None:
@@ -376,7 +427,7 @@ class EncryptedField(models.Field):
                 return _PendingEncryption(value, scope)
             if value.scope is None:
                 # Read by raw(): check that the token belongs to this row, then keep it.
-                self._decrypt(value.token, scope, instance._state.db, instance.pk)
+                self._decrypt(value.token, scope, instance._state.db, instance)
                 return _Ciphertext(value.token)
             # The row moved to another tenant: re-encrypt under the new one.
             value = self.unseal(instance, value)
@@ -447,15 +498,19 @@ class EncryptedField(models.Field):
 
     if django.VERSION >= (6, 1):
 
-        def get_placeholder_sql(self, value: Any, compiler: Any, connection: Any) -> Any:
+        def _get_placeholder_sql(self, value: Any, compiler: Any, connection: Any) -> Any:
             self._placeholder(value)
             if hasattr(value, "as_sql"):
                 return compiler.compile(value)
             return "%s", (value,)
 
-    def get_placeholder(self, value: Any, compiler: Any, connection: Any) -> str:
+        get_placeholder_sql = _HiddenFromInserts(_get_placeholder_sql)
+
+    def _get_placeholder(self, value: Any, compiler: Any, connection: Any) -> str:
         self._placeholder(value)
         return "%s"
+
+    get_placeholder = _HiddenFromInserts(_get_placeholder)
 
     # Reading
 
@@ -492,22 +547,31 @@ class EncryptedField(models.Field):
 
     def unseal(self, instance: Any, sealed: SealedValue) -> Any:
         """Decrypt a value loaded into ``instance``."""
-        scope = sealed.scope or self.scope_for_instance(instance)
-        alias = instance._state.db or DEFAULT_DB_ALIAS
-        return self._decrypt(sealed.token, scope, alias, instance.pk)
+        return self._decrypt(
+            sealed.token,
+            sealed.scope or self.scope_for_instance(instance),
+            instance._state.db or DEFAULT_DB_ALIAS,
+            instance,
+        )
 
     def _decrypt(
-        self, token: str, scope: str, alias: str, pk: Any, context: str | None = None
+        self, token: str, scope: str, alias: str, instance: Any, context: str | None = None
     ) -> Any:
-        """Decrypt a token; ``pk`` (or the row's ``context`` text) only serves error messages."""
+        """Decrypt a token; ``instance`` (or the row's ``context`` text) only serves errors.
+
+        Every value read goes through here, so the common case is kept to a
+        few operations; see docs/performance.rst.
+        """
         if self.legacy_plaintext and not ciphers.looks_like_token(token):
             return self.value_from_legacy_text(token)
         try:
-            plaintext = get_keyring().decrypt(token, scope, self.label, alias)
+            plaintext = _keyring.decrypt(token, scope, self.label, alias)
         except ciphers.InvalidToken:
+            pk = None if instance is None else instance.pk
             message = self._decryption_error_message(token, scope, alias, pk, context)
             raise DecryptionError(message) from None
         except DataKeyNotFound:
+            pk = None if instance is None else instance.pk
             message = self._decryption_error_message(
                 token, scope, alias, pk, context, key_missing=True
             )
@@ -517,6 +581,7 @@ class EncryptedField(models.Field):
                 raise
             # The provider refused the wrapped key itself: the DataKey row
             # was altered, so the value cannot be decrypted.
+            pk = None if instance is None else instance.pk
             message = self._decryption_error_message(token, scope, alias, pk, context)
             raise DecryptionError(message) from error
         return self.value_from_plaintext(plaintext)
@@ -846,46 +911,74 @@ def _delete_row_data_keys(sender: Any, instance: Any, using: str, **kwargs: Any)
 
 
 def _guard_tenant_updates(tenant: Any, dependents: list[EncryptedField]) -> None:
-    """Reject ``QuerySet.update()`` of the tenant that leaves values under the old tenant."""
-    from django.db.models.sql.compiler import SQLUpdateCompiler
+    """Reject ``QuerySet.update()`` of the tenant that leaves values under the old tenant.
 
-    def check(compiler: Any) -> None:
-        if not isinstance(compiler, SQLUpdateCompiler):
-            return
-        updated = {field for field, _model, _value in getattr(compiler.query, "values", ())}
-        missing = [field.name for field in dependents if field not in updated]
-        if missing:
-            raise FieldError(
-                f"An update of {tenant.model._meta.label}.{tenant.name} that does not also "
-                f"write {', '.join(missing)} would leave them encrypted under the old "
-                "tenant's data key, and they could no longer be decrypted. Change the tenant "
-                "with save() (without update_fields), or list those fields in update_fields "
-                "or bulk_update(); QuerySet.update() can only move rows whose values it sets "
-                "to None."
-            )
+    The tenant field's class is replaced by a subclass with the same name and
+    module (so migrations see no change) that adds an UPDATE placeholder hook.
+    """
+    tenant._kms_fields_dependents = dependents
+    cls = type(tenant)
+    if not getattr(cls, "_kms_fields_tenant_guard", False):
+        tenant.__class__ = _guarded_class(cls)
 
+
+_guarded_classes: dict[type, type] = {}
+
+
+def _guarded_class(cls: type) -> type:
+    guarded = _guarded_classes.get(cls)
+    if guarded is not None:
+        return guarded
+    namespace: dict[str, Any] = {
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+        "_kms_fields_tenant_guard": True,
+    }
     if django.VERSION >= (6, 1):
-        original_sql = getattr(tenant, "get_placeholder_sql", None)
 
-        def get_placeholder_sql(value: Any, compiler: Any, connection: Any) -> Any:
-            check(compiler)
-            if original_sql is not None:
-                return original_sql(value, compiler, connection)
+        def get_placeholder_sql(self: Any, value: Any, compiler: Any, connection: Any) -> Any:
+            _check_tenant_update(self, compiler)
+            original = getattr(super(guarded, self), "get_placeholder_sql", None)
+            if original is not None:
+                return original(value, compiler, connection)
             if hasattr(value, "as_sql"):
                 return compiler.compile(value)
             return "%s", (value,)
 
-        tenant.get_placeholder_sql = get_placeholder_sql
+        namespace["get_placeholder_sql"] = _HiddenFromInserts(get_placeholder_sql)
     else:
-        original = getattr(tenant, "get_placeholder", None)
 
-        def get_placeholder(value: Any, compiler: Any, connection: Any) -> str:
-            check(compiler)
+        def get_placeholder(self: Any, value: Any, compiler: Any, connection: Any) -> str:
+            _check_tenant_update(self, compiler)
+            original = getattr(super(guarded, self), "get_placeholder", None)
             if original is not None:
-                return original(value, compiler, connection)
+                placeholder: str = original(value, compiler, connection)
+                return placeholder
             return "%s"
 
-        tenant.get_placeholder = get_placeholder
+        namespace["get_placeholder"] = _HiddenFromInserts(get_placeholder)
+    guarded = _guarded_classes[cls] = type(cls.__name__, (cls,), namespace)
+    return guarded
+
+
+def _check_tenant_update(tenant: Any, compiler: Any) -> None:
+    from django.db.models.sql.compiler import SQLUpdateCompiler
+
+    # Clones made for migration states carry no dependents and are not guarded.
+    dependents = getattr(tenant, "_kms_fields_dependents", ())
+    if not dependents or not isinstance(compiler, SQLUpdateCompiler):
+        return
+    updated = {field for field, _model, _value in getattr(compiler.query, "values", ())}
+    missing = [field.name for field in dependents if field not in updated]
+    if missing:
+        raise FieldError(
+            f"An update of {tenant.model._meta.label}.{tenant.name} that does not also "
+            f"write {', '.join(missing)} would leave them encrypted under the old "
+            "tenant's data key, and they could no longer be decrypted. Change the tenant "
+            "with save() (without update_fields), or list those fields in update_fields "
+            "or bulk_update(); QuerySet.update() can only move rows whose values it sets "
+            "to None."
+        )
 
 
 class EncryptedTextField(EncryptedField, models.TextField):

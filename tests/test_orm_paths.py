@@ -88,6 +88,33 @@ def test_bulk_create(orgs):
     assert_all_tokens(TenantRecord, "secret")
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="UNNEST inserts are PostgreSQL's")
+def test_bulk_create_keeps_postgresql_unnest(orgs):
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        TenantRecord.objects.bulk_create(
+            [TenantRecord(organisation=orgs[i % 2], secret=f"s{i}") for i in range(5)]
+        )
+        Note.objects.bulk_create([Note(title=f"n{i}", text=f"t{i}") for i in range(5)])
+    inserts = [
+        query["sql"]
+        for query in queries
+        if query["sql"].startswith("INSERT") and "django_kms_fields_datakey" not in query["sql"]
+    ]
+    assert len(inserts) == 2
+    for sql in inserts:
+        assert "UNNEST" in sql
+    assert_all_tokens(TenantRecord, "secret")
+    assert_all_tokens(Note, "text")
+
+
+def test_tenant_guard_keeps_field_deconstruction():
+    tenant = TenantRecord._meta.get_field("organisation")
+    assert type(tenant).__name__ == "ForeignKey"
+    assert tenant.deconstruct()[1] == "django.db.models.ForeignKey"
+
+
 def test_bulk_create_row_scope():
     rows = RowRecord.objects.bulk_create([RowRecord(secret=f"row {i}") for i in range(5)])
     assert sorted(RowRecord.objects.values_list("secret", flat=True)) == [
