@@ -14,7 +14,7 @@ endif
 EXAMPLE := example_project
 PORT ?= 8000
 
-.PHONY: demo moto-start moto-stop test lint typecheck docs tox clean
+.PHONY: demo moto-start moto-stop test lint typecheck docs bench tox clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
@@ -60,6 +60,17 @@ PYENV_BINS := $(subst $(eval) ,:,$(wildcard $(HOME)/.pyenv/versions/3.1[0-3].*/b
 docs: $(VENV)/.installed-docs
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 	$(BIN)/sphinx-build -W --keep-going -b doctest docs docs/_build/doctest
+
+BENCH_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/kms_fields_bench
+BENCH_ROWS ?= 1000 10000 100000
+
+## bench: field benchmarks on SQLite and PostgreSQL, written to docs/benchmark-results.inc
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/fields.py --rows $(BENCH_ROWS) --json benchmarks/results-sqlite.json
+	DATABASE_URL=$(BENCH_POSTGRES_URL) $(BIN)/python benchmarks/fields.py \
+		--rows $(BENCH_ROWS) --json benchmarks/results-postgresql.json
+	$(BIN)/python benchmarks/render.py benchmarks/results-sqlite.json \
+		benchmarks/results-postgresql.json > docs/benchmark-results.inc
 
 ## tox: the Django and Python matrix of tox.ini
 tox: | $(BIN)/python

@@ -38,6 +38,8 @@ def main() -> None:
         "DATABASE_URL", f"sqlite:///{tempfile.gettempdir()}/django_kms_fields_bench.sqlite3"
     )
     os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+    from benchmarks.common import ensure_database
+
     ensure_database(os.environ["DATABASE_URL"])
 
     import django
@@ -49,42 +51,6 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     results = measure(arguments.rows, arguments.rounds)
     report(arguments.rows, arguments.rounds, results)
-
-
-def ensure_database(url: str) -> None:
-    """Create the PostgreSQL or MariaDB database of ``url`` if it does not exist."""
-    import environ
-
-    settings = environ.Env.db_url_config(url)
-    engine = settings["ENGINE"]
-    if engine.endswith("postgresql"):
-        import psycopg
-
-        with psycopg.connect(
-            host=settings["HOST"],
-            port=settings["PORT"] or 5432,
-            user=settings["USER"],
-            dbname="postgres",
-            autocommit=True,
-        ) as connection:
-            exists = connection.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", [settings["NAME"]]
-            ).fetchone()
-            if not exists:
-                connection.execute(f'CREATE DATABASE "{settings["NAME"]}"')
-    elif engine.endswith("mysql"):
-        import MySQLdb
-
-        connection = MySQLdb.connect(
-            host=settings["HOST"],
-            port=int(settings["PORT"] or 3306),
-            user=settings["USER"],
-            passwd=settings["PASSWORD"] or "",
-        )
-        connection.cursor().execute(
-            f"CREATE DATABASE IF NOT EXISTS `{settings['NAME']}` CHARACTER SET utf8mb4"
-        )
-        connection.close()
 
 
 def measure(rows: int, rounds: int) -> dict[str, list[float]]:
