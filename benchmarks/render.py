@@ -106,7 +106,8 @@ def render(paths: list[Path]) -> str:
         )
         out.append("")
         for run in results["runs"]:
-            subtitle = f"{run['rows']:,} rows, {run['rounds']} rounds"
+            rounds = "1 round" if run["rounds"] == 1 else f"{run['rounds']} rounds"
+            subtitle = f"{run['rows']:,} rows, {rounds}"
             out += [subtitle, "^" * len(subtitle), ""]
             out += table(run)
             out += ["", "Key provider calls:", ""]
