@@ -8,7 +8,8 @@
 project's SECRET_KEY, and writes ``.dev-secrets/moto.env`` with the variables
 that point the example project at them. moto keeps its keys in memory, so
 ``start`` also removes the database of the previous moto run
-(``db-aws.sqlite3``), whose data keys would no longer unwrap.
+(``.dev-secrets/db-aws.sqlite3``), whose data keys would no longer unwrap,
+and ``stop`` removes ``moto.env``, whose endpoint no longer answers.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ REGION = "eu-west-1"
 
 def pid_file() -> Path:
     return secrets_dir() / "moto.pid"
+
+
+def environment_path() -> Path:
+    return secrets_dir() / "moto.env"
 
 
 def start(port: int) -> None:
@@ -80,7 +85,7 @@ def start(port: int) -> None:
         Name="demo/settings", SecretString=json.dumps({"SECRET_KEY": new_secret_key()})
     )
 
-    database = HERE / "db-aws.sqlite3"
+    database = secrets_dir() / "db-aws.sqlite3"
     database.unlink(missing_ok=True)
     variables = {
         "KMS_FIELDS_PROVIDER": "aws",
@@ -93,10 +98,11 @@ def start(port: int) -> None:
         "EXAMPLE_SECRET_ID": "demo/settings",
         "DATABASE_URL": f"sqlite:///{database}",
     }
-    environment_file = secrets_dir() / "moto.env"
-    environment_file.write_text(
-        "".join(f"export {name}={value}\n" for name, value in variables.items())
-    )
+    environment_file = environment_path()
+    environment_file.unlink(missing_ok=True)
+    descriptor = os.open(environment_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write("".join(f"export {name}={value}\n" for name, value in variables.items()))
     print(f"moto_server runs on {endpoint} (pid {process.pid}), with KMS key alias/demo.")
     print(f"Run the demo against it:  (. {environment_file} && make demo)")
 
@@ -113,6 +119,7 @@ def stop() -> None:
     else:
         print(f"Stopped moto_server (pid {pid}).")
     pid_file().unlink()
+    environment_path().unlink(missing_ok=True)
 
 
 def main() -> None:

@@ -194,6 +194,28 @@ def test_settings_from_secrets_manager(project, moto_endpoint):
     assert overridden.strip() == "from-the-environment"
 
 
+def test_unreachable_secrets_manager_error(project):
+    # What a stale moto.env does once moto_server has stopped.
+    dead_endpoint = f"http://127.0.0.1:{free_port()}"
+    result = project.manage(
+        "check",
+        check=False,
+        extra_env={
+            "AWS_ENDPOINT_URL": dead_endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_MAX_ATTEMPTS": "1",
+            "EXAMPLE_SECRET_ID": "demo/settings",
+        },
+    )
+
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("django.core.exceptions.ImproperlyConfigured: Failed to read")
+    assert "'demo/settings'" in last_line
+    assert "make moto-start" in last_line
+
+
 def test_moto_kms_script_runs_the_demo_against_kms(project):
     port = free_port()
     env = {**project.env}
@@ -212,6 +234,13 @@ def test_moto_kms_script_runs_the_demo_against_kms(project):
             name, value = line.removeprefix("export ").split("=", 1)
             variables[name] = value
         assert variables["KMS_FIELDS_PROVIDER"] == "aws"
+        # The moto database lives with the other development secrets, so
+        # that this test never removes the user's own moto demo database.
+        assert variables["DATABASE_URL"] == (
+            f"sqlite:///{project.directory / 'secrets' / 'db-aws.sqlite3'}"
+        )
+        environment_file = project.directory / "secrets" / "moto.env"
+        assert environment_file.stat().st_mode & 0o777 == 0o600
         variables["DATABASE_URL"] = f"sqlite:///{project.directory / 'aws.sqlite3'}"
         project.manage("migrate", "--noinput", extra_env=variables)
         project.manage("seed_demo", "--organisations", "2", "--people", "5", extra_env=variables)
@@ -235,6 +264,7 @@ def test_moto_kms_script_runs_the_demo_against_kms(project):
             timeout=60,
         )
     assert "Stopped moto_server" in stop.stdout
+    assert not (project.directory / "secrets" / "moto.env").exists()
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0
 

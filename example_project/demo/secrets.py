@@ -53,11 +53,20 @@ def load_secret_into_environment(secret_id: str | None) -> list[str]:
     if not secret_id:
         return []
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+    from django.core.exceptions import ImproperlyConfigured
 
     client = boto3.session.Session().client(
         "secretsmanager", region_name=os.environ.get("AWS_DEFAULT_REGION", "eu-west-1")
     )
-    payload = json.loads(client.get_secret_value(SecretId=secret_id)["SecretString"])
+    try:
+        payload = json.loads(client.get_secret_value(SecretId=secret_id)["SecretString"])
+    except (BotoCoreError, ClientError) as error:
+        raise ImproperlyConfigured(
+            f"Failed to read the Secrets Manager secret {secret_id!r} named by "
+            f"EXAMPLE_SECRET_ID: {error}. If moto.env set it, start moto_server with 'make moto-start' "
+            "or run the demo without moto.env."
+        ) from error
     copied = []
     for name, value in payload.items():
         if name not in os.environ:
