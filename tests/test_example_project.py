@@ -94,6 +94,8 @@ def test_seed_demo_is_realistic_and_safe_to_run_twice(project):
             "              DataKey.objects.values_list('scope', flat=True)}),\n"
             "  'tokens': all(v.startswith('kf1.') for row in raw for v in row),\n"
             "  'history': next(p.history for p in Person.objects.all() if p.history),\n"
+            "  'arabic_notes': [p.notes for p in\n"
+            "                   Person.objects.filter(organisation__locale='ar_SA')],\n"
             "}))"
         )
     )
@@ -105,6 +107,9 @@ def test_seed_demo_is_realistic_and_safe_to_run_twice(project):
     assert any(any("\u3040" <= ch <= "\u9fff" for ch in name) for name in report["names"])
     assert any(any("\u0600" <= ch <= "\u06ff" for ch in name) for name in report["names"])
     assert {"date", "vitals", "prescriptions"} <= set(report["history"][0])
+    # Notes are in the organisation's script, not Faker's Latin fallback.
+    assert report["arabic_notes"]
+    assert all(any("\u0600" <= ch <= "\u06ff" for ch in notes) for notes in report["arabic_notes"])
 
 
 def test_local_master_key_is_generated_once_and_private(project):

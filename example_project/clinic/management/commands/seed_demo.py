@@ -1,4 +1,5 @@
 import datetime
+import importlib
 import random
 import sys
 import time
@@ -11,19 +12,22 @@ from faker import Faker
 
 from clinic.models import Organisation, Person, Visit
 
-# One Faker locale per organisation; several use non-Latin scripts.
+# One Faker locale per organisation; several use non-Latin scripts. Each has
+# names and a lorem provider in Faker, so that notes are in its script too.
 LOCALES = [
     "en_US",
     "ja_JP",
     "de_DE",
     "ar_SA",
     "ru_RU",
-    "hi_IN",
+    "bn_BD",
     "fr_FR",
     "zh_CN",
     "el_GR",
-    "pt_BR",
+    "he_IL",
 ]
+# Faker has no lorem provider for ar_SA, so its text would be Latin; ar_AA's is Arabic.
+LOREM_PROVIDERS = {"ar_SA": "faker.providers.lorem.ar_AA"}
 # Fixed, so that a second run recreates the same ids and skips existing people.
 NAMESPACE = uuid.UUID("4b1f6a44-62f1-4e61-9d57-44e2f33a3d0c")
 BATCH_SIZE = 200
@@ -68,6 +72,8 @@ class Command(BaseCommand):
 
     def seed_organisation(self, index: int, locale: str, count: int) -> int:
         fake = Faker(locale)
+        if locale in LOREM_PROVIDERS:
+            fake.add_provider(importlib.import_module(LOREM_PROVIDERS[locale]).Provider)
         fake.seed_instance(index)
         organisation, _created = Organisation.objects.get_or_create(
             slug=f"org-{index + 1}",
