@@ -253,6 +253,17 @@ def test_rewrap_to_unknown_master_key_fails(data, kms):
         rotate_text("--rewrap", "--master-key-id", missing)
 
 
+def test_dry_run_failure_says_nothing_changed(data, kms):
+    missing = "alias/missing" if kms.provider == "aws" else "missing"
+    with pytest.raises(CommandError) as raised:
+        rotate_text("--rewrap", "--dry-run", "--master-key-id", missing)
+
+    message = str(raised.value)
+    assert "NotFoundException" in message
+    assert "dry run: nothing was changed" in message
+    assert "re-wrapped so far" not in message
+
+
 def test_select_by_model(data):
     old_global = active_key_id("global")
     summary = rotate("--reencrypt", "--model", "testapp.TenantRecord", "--delete-after", "0")

@@ -280,6 +280,8 @@ class Command(BaseCommand):
             self._human.write(message)
 
     def _stopped(self, options: dict[str, Any]) -> str:
+        if options["dry_run"]:
+            return "This was a dry run: nothing was changed."
         if options["rewrap"]:
             return "Keys re-wrapped so far keep their new wrapping; the others are unchanged."
         return (
