@@ -191,7 +191,7 @@ class DataKeyAdmin(admin.ModelAdmin):
     def values_using_it(self, obj: DataKey) -> Any:
         """Count values for per-row keys (one row to read); shared keys would need full scans."""
         if not obj.scope.startswith("row:"):
-            return _("not counted (see rotate_keys --dry-run)")
+            return _("not counted (see rotate_keys --reencrypt --dry-run)")
         from django.apps import apps
         from django.db import models
         from django.db.models.functions import Cast
