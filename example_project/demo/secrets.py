@@ -64,8 +64,8 @@ def load_secret_into_environment(secret_id: str | None) -> list[str]:
     except (BotoCoreError, ClientError) as error:
         raise ImproperlyConfigured(
             f"Failed to read the Secrets Manager secret {secret_id!r} named by "
-            f"EXAMPLE_SECRET_ID: {error}. If moto.env set it, start moto_server with 'make moto-start' "
-            "or run the demo without moto.env."
+            f"EXAMPLE_SECRET_ID: {error}. If moto.env set it, start moto_server with "
+            "'make moto-start' or run the demo without moto.env."
         ) from error
     copied = []
     for name, value in payload.items():
