@@ -26,7 +26,7 @@ from django.db.models.query import ModelIterable
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from .exceptions import DecryptionError
+from .exceptions import DecryptionError, EncryptionError
 from .fields import EncryptedField, MaskedValue, SealedValue, UndecryptableValue
 from .keyring import get_keyring
 from .models import DataKey
@@ -225,7 +225,18 @@ class DataKeyAdmin(admin.ModelAdmin):
         for key in selected:
             if key.state != DataKey.State.ACTIVE:
                 continue
-            _entry, created = keyring.rotate(key.scope, key._state.db, expected_key_id=key.pk)
+            try:
+                _entry, created = keyring.rotate(key.scope, key._state.db, expected_key_id=key.pk)
+            except EncryptionError as error:
+                # Each rotation is its own transaction: the keys rotated
+                # before this one stay rotated.
+                self.message_user(
+                    request,
+                    _("Rotating data key %(key)s (scope %(scope)s) failed: %(error)s")
+                    % {"key": key.key_id, "scope": key.scope, "error": error},
+                    messages.ERROR,
+                )
+                break
             rotated += int(created)
         retired = sum(key.state != DataKey.State.ACTIVE for key in selected)
         if retired:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,7 +39,11 @@ DEFAULTS: dict[str, Any] = {
     # recorded cannot push a data key past the limit.
     "DATA_KEY_MAX_ENCRYPTIONS": GCM_RANDOM_NONCE_LIMIT // 2,
     "ALLOW_LOCAL_PROVIDER": False,
+    "ALLOWED_MASTER_KEY_IDS": None,
 }
+
+# A KMS key ARN, the form in which KMS returns a key id and DataKey stores it.
+_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 
 PROVIDER_ALIASES = {
     "aws": "django_kms_fields.providers.AwsKmsProvider",
@@ -58,10 +63,16 @@ class KmsFieldsSettings:
     data_key_cache_size: int = 1000
     data_key_max_encryptions: int = GCM_RANDOM_NONCE_LIMIT // 2
     allow_local_provider: bool = False
+    allowed_master_key_ids: frozenset[str] | None = None
 
     @property
     def provider_path(self) -> str:
         return PROVIDER_ALIASES.get(self.provider, self.provider)
+
+    def allows_master_key(self, master_key_id: str) -> bool:
+        """Return whether data keys wrapped by ``master_key_id`` may be used."""
+        allowed = self.allowed_master_key_ids
+        return allowed is None or master_key_id in allowed
 
 
 def validate(raw: object) -> tuple[KmsFieldsSettings | None, list[str]]:
@@ -141,6 +152,10 @@ def validate(raw: object) -> tuple[KmsFieldsSettings | None, list[str]]:
         )
         max_encryptions = DEFAULTS["DATA_KEY_MAX_ENCRYPTIONS"]
 
+    allowed_master_key_ids = _validate_allowed_master_key_ids(
+        values["ALLOWED_MASTER_KEY_IDS"], provider, master_key_id, local_keys, errors
+    )
+
     unknown = sorted(set(raw) - set(DEFAULTS))
     if unknown:
         errors.append(
@@ -159,9 +174,58 @@ def validate(raw: object) -> tuple[KmsFieldsSettings | None, list[str]]:
             data_key_cache_size=size,
             data_key_max_encryptions=max_encryptions,
             allow_local_provider=bool(values["ALLOW_LOCAL_PROVIDER"]),
+            allowed_master_key_ids=allowed_master_key_ids,
         ),
         [],
     )
+
+
+def _validate_allowed_master_key_ids(
+    raw: object,
+    provider: str,
+    master_key_id: str,
+    local_keys: Mapping[str, bytes] | None,
+    errors: list[str],
+) -> frozenset[str] | None:
+    if raw is None:
+        return None
+    name = "KMS_FIELDS['ALLOWED_MASTER_KEY_IDS']"
+    if (
+        not isinstance(raw, (list, tuple, set, frozenset))
+        or not raw
+        or not all(isinstance(key, str) and key for key in raw)
+    ):
+        errors.append(
+            f"{name} must be a non-empty list of master key ids, or None to allow any "
+            f"master key, not {raw!r}."
+        )
+        return None
+    allowed = frozenset(raw)
+
+    if provider == "aws":
+        # A key id, alias or alias ARN would never equal the key ARN that
+        # DataKey.master_key_id stores, so it would reject every data key.
+        for key in sorted(allowed):
+            if not _KEY_ARN.match(key):
+                errors.append(
+                    f"{name} contains {key!r}, which is not a KMS key ARN "
+                    "(arn:aws:kms:<region>:<account>:key/<key id>). List key ARNs, "
+                    "as DataKey.master_key_id stores them."
+                )
+        if _KEY_ARN.match(master_key_id) and master_key_id not in allowed:
+            errors.append(
+                f"{name} does not contain KMS_FIELDS['MASTER_KEY_ID'] {master_key_id!r}, so "
+                "no new data key could be used."
+            )
+    elif provider == "local" and local_keys is not None:
+        for key in sorted(allowed - set(local_keys)):
+            errors.append(f"{name} contains {key!r}, which is not a name in LOCAL_MASTER_KEYS.")
+        if master_key_id and master_key_id not in allowed:
+            errors.append(
+                f"{name} does not contain KMS_FIELDS['MASTER_KEY_ID'] {master_key_id!r}, so "
+                "no new data key could be used."
+            )
+    return allowed
 
 
 def _decode_local_master_keys(raw: object, errors: list[str]) -> dict[str, bytes] | None:

@@ -38,7 +38,7 @@ from django.utils.functional import cached_property
 from . import ciphers
 from .exceptions import DecryptionError, EncryptionError, KeyProviderError
 from .expressions import EAGER_MARKER, LAZY_MARKER, EncryptedCol, check_write_expression
-from .keyring import DataKeyNotFound, get_keyring
+from .keyring import DataKeyNotFound, MasterKeyNotAllowed, get_keyring
 from .keyring import keyring as _keyring
 
 if TYPE_CHECKING:
@@ -576,6 +576,12 @@ class EncryptedField(models.Field):
                 token, scope, alias, pk, context, key_missing=True
             )
             raise DecryptionError(message) from None
+        except MasterKeyNotAllowed as error:
+            pk = None if instance is None else instance.pk
+            message = self._decryption_error_message(
+                token, scope, alias, pk, context, refused=error
+            )
+            raise DecryptionError(message) from None
         except KeyProviderError as error:
             if error.code != "InvalidCiphertextException":
                 raise
@@ -595,6 +601,7 @@ class EncryptedField(models.Field):
         context: str | None,
         *,
         key_missing: bool = False,
+        refused: MasterKeyNotAllowed | None = None,
     ) -> str:
         if ciphers.looks_like_token(token):
             key_id = token[len(ciphers.PREFIX) : ciphers.HEADER_LENGTH]
@@ -608,6 +615,8 @@ class EncryptedField(models.Field):
             pk = self._context_value_field.to_python(context)
         elif pk is None:
             pk = self._find_pk(token, alias, context)
+        if refused is not None:
+            return f"Cannot decrypt {self.qualified_name} of the row with pk={pk!r}: {refused}"
         if key_missing:
             return (
                 f"Cannot decrypt {self.qualified_name} of the row with pk={pk!r}: its data "

@@ -66,6 +66,22 @@ class DataKeyNotFound(Exception):
     """No ``DataKey`` row has the id that a token names."""
 
 
+class MasterKeyNotAllowed(EncryptionError):
+    """A data key is wrapped by a master key that ``ALLOWED_MASTER_KEY_IDS`` does not list.
+
+    Raised before any provider call, so a ``DataKey`` row that names another
+    KMS key (for example one an attacker controls) is never unwrapped.
+    """
+
+    def __init__(self, numeric_id: int, scope: str, master_key_id: str) -> None:
+        super().__init__(
+            f"Data key {ciphers.encode_key_id(numeric_id)} (scope {scope!r}) is wrapped by "
+            f"master key {master_key_id!r}, which KMS_FIELDS['ALLOWED_MASTER_KEY_IDS'] does "
+            "not list. If that master key is yours, add it to the list; otherwise the "
+            "DataKey row was altered."
+        )
+
+
 class _DataKeyEntry:
     """A cached, unwrapped data key. Holds no plaintext outside its ``AESGCM``."""
 
@@ -276,6 +292,10 @@ class Keyring:
             if not rows or rows[0][1] == destination_master_key_id:
                 return False
             scope, master_key_id, wrapped_key = rows[0]
+            # Re-wrapping a substituted data key under an allowed master key
+            # would make it trusted.
+            if not get_settings().allows_master_key(master_key_id):
+                raise MasterKeyNotAllowed(numeric_id, scope, master_key_id)
             wrapped, new_master_key_id = get_provider().rewrap_data_key(
                 bytes(wrapped_key),
                 master_key_id,
@@ -366,6 +386,13 @@ class Keyring:
             settings.master_key_id, encryption_context(scope)
         )
         self._count_call("GenerateDataKey")
+        if not settings.allows_master_key(generated.master_key_id):
+            del generated
+            raise EncryptionError(
+                f"KMS_FIELDS['MASTER_KEY_ID'] {settings.master_key_id!r} names a master key "
+                "that KMS_FIELDS['ALLOWED_MASTER_KEY_IDS'] does not list, so its new data key "
+                f"for scope {scope!r} was discarded. Add the key's ARN to the list."
+            )
 
         for _attempt in range(3):
             numeric_id = secrets.randbits(63)
@@ -500,6 +527,8 @@ class Keyring:
                 raise DataKeyNotFound(key_id)
             row = rows[0]
         numeric_id, scope, master_key_id, wrapped_key, count = row
+        if not get_settings().allows_master_key(master_key_id):
+            raise MasterKeyNotAllowed(numeric_id, scope, master_key_id)
 
         generation = self._generation
         plaintext = get_provider().decrypt_data_key(

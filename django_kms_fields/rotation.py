@@ -42,9 +42,9 @@ from django.utils import timezone
 
 from . import ciphers
 from .conf import get_settings
-from .exceptions import KeyProviderError
+from .exceptions import EncryptionError, KeyProviderError
 from .fields import GLOBAL, ROW, TENANT, EncryptedField
-from .keyring import DataKeyNotFound, get_keyring
+from .keyring import DataKeyNotFound, MasterKeyNotAllowed, get_keyring
 from .models import DataKey
 
 # Failures listed in the summary; the rest are only counted.
@@ -59,6 +59,7 @@ UNDECRYPTABLE = "cannot be decrypted (altered, or copied from another row, tenan
 KEY_MISSING = "its data key no longer exists"
 KEY_UNUSABLE = "its data key cannot be unwrapped by the key provider"
 ACTIVE_KEY_UNUSABLE = "the active data key of its scope cannot be unwrapped"
+KEY_NOT_ALLOWED = "its data key's master key is not in ALLOWED_MASTER_KEY_IDS"
 NO_TENANT = "has a value but no tenant"
 PLAINTEXT_NOT_ALLOWED = "plaintext, but the field does not set legacy_plaintext=True"
 
@@ -553,6 +554,9 @@ class Rotation:
         except DataKeyNotFound:
             fail(KEY_MISSING)
             return None
+        except MasterKeyNotAllowed:
+            fail(KEY_NOT_ALLOWED)
+            return None
         except KeyProviderError as error:
             # The provider rejects the wrapped key itself: the DataKey row was
             # altered. Other provider errors stop the run.
@@ -695,6 +699,11 @@ class Rotation:
     def _rewrap(self) -> None:
         destination_id = self.options.master_key_id or get_settings().master_key_id
         destination = self.keyring.resolve_master_key_id(destination_id)
+        if not get_settings().allows_master_key(destination):
+            raise EncryptionError(
+                f"Master key {destination!r} is not in KMS_FIELDS['ALLOWED_MASTER_KEY_IDS']. "
+                "Add it there, in every process, before re-wrapping data keys under it."
+            )
         keys = DataKey.objects.exclude(master_key_id=destination)
         cutoff = self._older_than_cutoff()
         if cutoff is not None:

@@ -91,6 +91,7 @@ def start(port: int) -> None:
         "KMS_FIELDS_PROVIDER": "aws",
         "KMS_FIELDS_MASTER_KEY_ID": "alias/demo",
         "KMS_FIELDS_AWS_ENDPOINT_URL": endpoint,
+        "KMS_FIELDS_ALLOWED_MASTER_KEY_IDS": key["Arn"],
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

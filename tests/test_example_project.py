@@ -258,6 +258,7 @@ def test_moto_kms_script_runs_the_demo_against_kms(project):
         )
         arn, decrypted = output.split()
         assert arn.startswith("arn:aws:kms:eu-west-1:")
+        assert variables["KMS_FIELDS_ALLOWED_MASTER_KEY_IDS"] == arn
         assert decrypted == "True"
     finally:
         stop = subprocess.run(

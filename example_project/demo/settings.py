@@ -7,7 +7,8 @@ secret first; variables set in the environment win over it.
 
 Variables: ``DEBUG``, ``SECRET_KEY``, ``ALLOWED_HOSTS``, ``DATABASE_URL``,
 ``KMS_FIELDS_PROVIDER`` (``local`` or ``aws``), ``KMS_FIELDS_MASTER_KEY_ID``,
-``KMS_FIELDS_AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``,
+``KMS_FIELDS_AWS_ENDPOINT_URL``, ``KMS_FIELDS_ALLOWED_MASTER_KEY_IDS``,
+``AWS_DEFAULT_REGION``,
 ``KMS_FIELDS_CACHE_TTL`` (seconds).
 """
 
@@ -43,6 +44,8 @@ if env("KMS_FIELDS_PROVIDER", default="local") == "aws":
             "region_name": env("AWS_DEFAULT_REGION", default="eu-west-1"),
             "endpoint_url": env("KMS_FIELDS_AWS_ENDPOINT_URL", default=None),
         },
+        # Comma-separated key ARNs; unset allows any master key.
+        "ALLOWED_MASTER_KEY_IDS": env.list("KMS_FIELDS_ALLOWED_MASTER_KEY_IDS", default=None),
     }
 else:
     KMS_FIELDS = {

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
 from django_kms_fields.conf import get_settings
-from django_kms_fields.exceptions import KeyProviderError
+from django_kms_fields.exceptions import EncryptionError, KeyProviderError
 from django_kms_fields.fields import EncryptedField
 from django_kms_fields.models import DataKey
 from django_kms_fields.rotation import (
@@ -177,6 +177,12 @@ class Command(BaseCommand):
             raise CommandError(
                 f"The key provider failed with {error.code}: {_sentence(error)} "
                 f"{self._stopped(options)} Fix the cause and run the same command again."
+            ) from error
+        except EncryptionError as error:
+            self._report(rotation.summary, finished=False)
+            raise CommandError(
+                f"{_sentence(error)} {self._stopped(options)} Fix the cause and run the "
+                "same command again."
             ) from error
         except DatabaseError as error:
             self._report(rotation.summary, finished=False)
