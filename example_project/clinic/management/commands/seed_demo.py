@@ -12,20 +12,23 @@ from faker import Faker
 
 from clinic.models import Organisation, Person, Visit
 
-# One Faker locale per organisation; several use non-Latin scripts. Each has
-# names and a lorem provider in Faker, so that notes are in its script too.
-LOCALES = [
-    "en_US",
-    "ja_JP",
-    "de_DE",
-    "ar_SA",
-    "ru_RU",
-    "bn_BD",
-    "fr_FR",
-    "zh_CN",
-    "el_GR",
-    "he_IL",
-]
+# One Faker locale per organisation, with the organisation's name; several
+# use non-Latin scripts. Each locale has names and a lorem provider in Faker,
+# so that notes are in its script too. The names are fixed because Faker's
+# company names, drawn from family names, can be unfortunate in a demo.
+ORGANISATIONS = {
+    "en_US": "Riverside Family Clinic",
+    "ja_JP": "さくら総合クリニック",
+    "de_DE": "Praxis am Stadtpark",
+    "ar_SA": "عيادة النخيل الطبية",
+    "ru_RU": "Клиника «Здоровье»",
+    "bn_BD": "সেবা ক্লিনিক",
+    "fr_FR": "Clinique des Lilas",
+    "zh_CN": "安康诊所",
+    "el_GR": "Κλινική Ασκληπιός",
+    "he_IL": "מרפאת השקמים",
+}
+LOCALES = list(ORGANISATIONS)
 # Faker has no lorem provider for ar_SA, so its text would be Latin; ar_AA's is Arabic.
 LOREM_PROVIDERS = {"ar_SA": "faker.providers.lorem.ar_AA"}
 # Fixed, so that a second run recreates the same ids and skips existing people.
@@ -77,7 +80,7 @@ class Command(BaseCommand):
         fake.seed_instance(index)
         organisation, _created = Organisation.objects.get_or_create(
             slug=f"org-{index + 1}",
-            defaults={"name": fake.company(), "locale": locale},
+            defaults={"name": ORGANISATIONS[locale], "locale": locale},
         )
         ids = [uuid.uuid5(NAMESPACE, f"{organisation.slug}/{n}") for n in range(count)]
         existing = set(Person.objects.filter(pk__in=ids).values_list("pk", flat=True))
