@@ -108,6 +108,18 @@ def start(port: int) -> None:
     print(f"Run the demo against it:  (. {environment_file} && make demo)")
 
 
+def wait_for_exit(pid: int, seconds: float) -> bool:
+    """Return whether process group ``pid`` is gone within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def stop() -> None:
     if not pid_file().exists():
         print("moto_server is not running (no pid file).")
@@ -118,7 +130,10 @@ def stop() -> None:
     except ProcessLookupError:
         print(f"moto_server (pid {pid}) had already stopped.")
     else:
-        print(f"Stopped moto_server (pid {pid}).")
+        if wait_for_exit(pid, seconds=10):
+            print(f"Stopped moto_server (pid {pid}).")
+        else:
+            print(f"Sent SIGTERM to moto_server (pid {pid}); it is still running after 10 s.")
     pid_file().unlink()
     environment_path().unlink(missing_ok=True)
 

@@ -215,6 +215,7 @@ def test_unreachable_secrets_manager_error(project):
     )
 
     assert result.returncode != 0
+    assert "botocore" not in result.stderr.split("ImproperlyConfigured")[0]
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("django.core.exceptions.ImproperlyConfigured: Failed to read")
     assert "'demo/settings'" in last_line
