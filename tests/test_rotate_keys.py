@@ -332,6 +332,7 @@ def test_text_output_and_progress(data):
     ("args", "message"),
     [
         (["--model", "testapp.Nope"], "Unknown model 'testapp.Nope'"),
+        (["--model", "Nope"], r"encrypted fields are: .*testapp\.Note, "),
         (["--model", "testapp.Organisation"], "has no encrypted fields"),
         (["--scope", "tenants:1"], "Unknown scope 'tenants:1'"),
         (["--scope", "tenant:"], "Unknown scope 'tenant:'"),

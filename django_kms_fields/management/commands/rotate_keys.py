@@ -218,7 +218,8 @@ class Command(BaseCommand):
                 model = apps.get_model(label)
             except (LookupError, ValueError):
                 raise CommandError(
-                    f"Unknown model {label!r}; use APP_LABEL.ModelName, for example crm.Person."
+                    f"Unknown model {label!r}. Use APP_LABEL.ModelName; the models with "
+                    f"encrypted fields are: {', '.join(_encrypted_model_labels())}."
                 ) from None
             if not any(isinstance(f, EncryptedField) for f in model._meta.local_concrete_fields):
                 raise CommandError(f"{model._meta.label} has no encrypted fields of its own.")
@@ -372,6 +373,14 @@ def _days(value: float | None) -> datetime.timedelta | None:
 
 def _seconds(value: float | None) -> datetime.timedelta | None:
     return None if value is None else datetime.timedelta(seconds=value)
+
+
+def _encrypted_model_labels() -> list[str]:
+    return sorted(
+        model._meta.label
+        for model in apps.get_models()
+        if any(isinstance(f, EncryptedField) for f in model._meta.local_concrete_fields)
+    )
 
 
 def _sentence(error: Exception) -> str:
