@@ -96,6 +96,8 @@ def test_seed_demo_is_realistic_and_safe_to_run_twice(project):
             "  'history': next(p.history for p in Person.objects.all() if p.history),\n"
             "  'arabic_notes': [p.notes for p in\n"
             "                   Person.objects.filter(organisation__locale='ar_SA')],\n"
+            "  'saudi_ids': [p.national_id for p in\n"
+            "                Person.objects.filter(organisation__locale='ar_SA')],\n"
             "}))"
         )
     )
@@ -110,6 +112,7 @@ def test_seed_demo_is_realistic_and_safe_to_run_twice(project):
     # Notes are in the organisation's script, not Faker's Latin fallback.
     assert report["arabic_notes"]
     assert all(any("\u0600" <= ch <= "\u06ff" for ch in notes) for notes in report["arabic_notes"])
+    assert all(len(number) == 10 and number.isdigit() for number in report["saudi_ids"])
 
 
 def test_local_master_key_is_generated_once_and_private(project):

@@ -29,6 +29,9 @@ ORGANISATIONS = {
     "he_IL": "מרפאת השקמים",
 }
 LOCALES = list(ORGANISATIONS)
+# Faker's ssn() for these locales falls back to US social security numbers;
+# these are the shapes of the Saudi national id and the Japanese My Number.
+NATIONAL_ID_FORMATS = {"ar_SA": "1#########", "ja_JP": "############"}
 # Faker has no lorem provider for ar_SA, so its text would be Latin; ar_AA's is Arabic.
 LOREM_PROVIDERS = {"ar_SA": "faker.providers.lorem.ar_AA"}
 # Fixed, so that a second run recreates the same ids and skips existing people.
@@ -120,10 +123,13 @@ class Command(BaseCommand):
         pk: uuid.UUID,
     ) -> Person:
         fake.seed_instance(f"{organisation.slug}/{number}")
-        try:
-            national_id = fake.ssn()
-        except AttributeError:
-            national_id = fake.bothify("??########").upper()
+        if organisation.locale in NATIONAL_ID_FORMATS:
+            national_id = fake.numerify(NATIONAL_ID_FORMATS[organisation.locale])
+        else:
+            try:
+                national_id = fake.ssn()
+            except AttributeError:
+                national_id = fake.bothify("??########").upper()
         return Person(
             id=pk,
             organisation=organisation,
