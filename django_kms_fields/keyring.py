@@ -434,8 +434,9 @@ class Keyring:
             pending_map = getattr(self._local, "pending", None)
             if pending_map and pending_map.get((alias, scope)) is created:
                 del pending_map[(alias, scope)]
-            # A rollback to a savepoint made with transaction.savepoint() keeps
-            # on_commit callbacks, so check that the key was really committed.
+            # A rollback to a manual savepoint (transaction.savepoint(), named
+            # savepoint_create() since Django 6.1) keeps on_commit callbacks,
+            # so check that the key was really committed.
             if _data_key_exists(alias, entry.numeric_id):
                 self._publish(alias, scope, entry.key_id)
 
@@ -691,8 +692,8 @@ class _CreatedInTransaction:
         # drops the on_commit callback registered with the key.
         if not _on_commit_pending(self.alias, self.callback):
             return False
-        # Rolling back to a savepoint made with transaction.savepoint() does
-        # not; after any rollback statement, look for the row itself.
+        # Rolling back to a manual savepoint does not; after any rollback
+        # statement, look for the row itself.
         rollbacks = self.watcher.rollbacks
         if rollbacks != self.checked_rollbacks:
             if not _data_key_exists(self.alias, self.numeric_id):

@@ -16,6 +16,10 @@ from tests.testapp.models import Note, Organisation, RowRecord, TenantRecord
 
 pytestmark = pytest.mark.usefixtures("kms")
 
+# Django 6.1 renamed transaction.savepoint() to savepoint_create() and
+# deprecated the old name.
+create_savepoint = getattr(transaction, "savepoint_create", transaction.savepoint)
+
 
 def make_tenants(count, rows_per_tenant):
     organisations = Organisation.objects.bulk_create(
@@ -162,7 +166,7 @@ def test_sealed_instances_pickle_without_keys(kms):
 def test_rolled_back_key_is_forgotten(kms):
     organisation = Organisation.objects.create(name="o")
     with transaction.atomic():
-        sid = transaction.savepoint()
+        sid = create_savepoint()
         TenantRecord.objects.create(organisation=organisation, secret="rolled back")
         assert DataKey.objects.count() == 1
         transaction.savepoint_rollback(sid)
@@ -306,7 +310,7 @@ def test_counts_of_rolled_back_encryptions_are_kept(kms, settings):
     Note.objects.create(text="first")
     with transaction.atomic():
         Note.objects.create(text="second")
-        sid = transaction.savepoint()
+        sid = create_savepoint()
         Note.objects.bulk_create([Note(text="x") for _ in range(5)])
         transaction.savepoint_rollback(sid)
     key = DataKey.objects.get()
@@ -326,7 +330,7 @@ def test_manual_savepoint_rollback_of_new_key(kms):
     organisation = Organisation.objects.create(name="o")
     keyring = get_keyring()
     with transaction.atomic():
-        sid = transaction.savepoint()
+        sid = create_savepoint()
         TenantRecord.objects.create(organisation=organisation, secret="gone")
         transaction.savepoint_rollback(sid)
         record = TenantRecord.objects.create(organisation=organisation, secret="kept")
