@@ -228,8 +228,11 @@ class DataKeyAdmin(admin.ModelAdmin):
             try:
                 _entry, created = keyring.rotate(key.scope, key._state.db, expected_key_id=key.pk)
             except EncryptionError as error:
-                # Each rotation is its own transaction: the keys rotated
+                # Each rotation is its own transaction, so the keys rotated
                 # before this one stay rotated.
+                logger.error(
+                    "Rotating data key %s (scope %r) failed: %s", key.key_id, key.scope, error
+                )
                 self.message_user(
                     request,
                     _("Rotating data key %(key)s (scope %(scope)s) failed: %(error)s")

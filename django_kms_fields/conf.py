@@ -202,6 +202,9 @@ def _validate_allowed_master_key_ids(
         return None
     allowed = frozenset(raw)
 
+    # Only a key ARN (aws) or a key name (local) can be compared with the
+    # list here. KMS resolves an alias when it creates a data key.
+    comparable_master_key_id = False
     if provider == "aws":
         # A key id, alias or alias ARN would never equal the key ARN that
         # DataKey.master_key_id stores, so it would reject every data key.
@@ -212,19 +215,17 @@ def _validate_allowed_master_key_ids(
                     "(arn:aws:kms:<region>:<account>:key/<key id>). List key ARNs, "
                     "as DataKey.master_key_id stores them."
                 )
-        if _KEY_ARN.match(master_key_id) and master_key_id not in allowed:
-            errors.append(
-                f"{name} does not contain KMS_FIELDS['MASTER_KEY_ID'] {master_key_id!r}, so "
-                "no new data key could be used."
-            )
+        comparable_master_key_id = bool(_KEY_ARN.match(master_key_id))
     elif provider == "local" and local_keys is not None:
         for key in sorted(allowed - set(local_keys)):
             errors.append(f"{name} contains {key!r}, which is not a name in LOCAL_MASTER_KEYS.")
-        if master_key_id and master_key_id not in allowed:
-            errors.append(
-                f"{name} does not contain KMS_FIELDS['MASTER_KEY_ID'] {master_key_id!r}, so "
-                "no new data key could be used."
-            )
+        comparable_master_key_id = bool(master_key_id)
+
+    if comparable_master_key_id and master_key_id not in allowed:
+        errors.append(
+            f"{name} does not contain KMS_FIELDS['MASTER_KEY_ID'] {master_key_id!r}, so "
+            "no new data key could be used."
+        )
     return allowed
 
 

@@ -579,7 +579,7 @@ class EncryptedField(models.Field):
         except MasterKeyNotAllowed as error:
             pk = None if instance is None else instance.pk
             message = self._decryption_error_message(
-                token, scope, alias, pk, context, refused=error
+                token, scope, alias, pk, context, not_allowed=error
             )
             raise DecryptionError(message) from None
         except KeyProviderError as error:
@@ -601,7 +601,7 @@ class EncryptedField(models.Field):
         context: str | None,
         *,
         key_missing: bool = False,
-        refused: MasterKeyNotAllowed | None = None,
+        not_allowed: MasterKeyNotAllowed | None = None,
     ) -> str:
         if ciphers.looks_like_token(token):
             key_id = token[len(ciphers.PREFIX) : ciphers.HEADER_LENGTH]
@@ -615,8 +615,8 @@ class EncryptedField(models.Field):
             pk = self._context_value_field.to_python(context)
         elif pk is None:
             pk = self._find_pk(token, alias, context)
-        if refused is not None:
-            return f"Cannot decrypt {self.qualified_name} of the row with pk={pk!r}: {refused}"
+        if not_allowed is not None:
+            return f"Cannot decrypt {self.qualified_name} of the row with pk={pk!r}: {not_allowed}"
         if key_missing:
             return (
                 f"Cannot decrypt {self.qualified_name} of the row with pk={pk!r}: its data "

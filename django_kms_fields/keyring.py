@@ -692,8 +692,8 @@ class _CreatedInTransaction:
         # drops the on_commit callback registered with the key.
         if not _on_commit_pending(self.alias, self.callback):
             return False
-        # Rolling back to a manual savepoint does not; after any rollback
-        # statement, look for the row itself.
+        # Rolling back to a manual savepoint keeps that callback, so after any
+        # rollback statement, look for the row itself.
         rollbacks = self.watcher.rollbacks
         if rollbacks != self.checked_rollbacks:
             if not _data_key_exists(self.alias, self.numeric_id):

@@ -697,9 +697,10 @@ class Rotation:
     # Re-wrapping
 
     def _rewrap(self) -> None:
-        destination_id = self.options.master_key_id or get_settings().master_key_id
+        settings = get_settings()
+        destination_id = self.options.master_key_id or settings.master_key_id
         destination = self.keyring.resolve_master_key_id(destination_id)
-        if not get_settings().allows_master_key(destination):
+        if not settings.allows_master_key(destination):
             raise EncryptionError(
                 f"Master key {destination!r} is not in KMS_FIELDS['ALLOWED_MASTER_KEY_IDS']. "
                 "Add it there, in every process, before re-wrapping data keys under it."

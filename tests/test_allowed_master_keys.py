@@ -76,7 +76,7 @@ def test_values_list_refuses_other_master_key(kms, settings, written):
     assert kms.calls == {}
 
 
-def test_write_with_refused_active_key_fails(kms, settings, written):
+def test_write_with_unlisted_active_key_fails(kms, settings, written):
     allow(settings, kms.secondary_master_key_id, master_key_id=kms.secondary_master_key_id)
 
     with pytest.raises(EncryptionError, match="ALLOWED_MASTER_KEY_IDS"):
@@ -135,20 +135,20 @@ def test_master_key_rollout_with_allowlist(kms, settings, written):
     assert Note.objects.create(text="after the rollout").text == "after the rollout"
 
 
-def test_reencrypt_skips_values_under_refused_key(kms, settings, written, stored):
+def test_reencrypt_skips_values_under_unlisted_key(kms, settings, written, stored):
     note, _record = written
     token = stored(note, "text")
     allow(settings, kms.secondary_master_key_id, master_key_id=kms.secondary_master_key_id)
-    refused_keys = set(DataKey.objects.values_list("pk", flat=True))
+    unlisted_keys = set(DataKey.objects.values_list("pk", flat=True))
 
     with pytest.raises(CommandError, match="master key is not in ALLOWED_MASTER_KEY_IDS"):
         rotate_text("--reencrypt", "--delete-after", "0")
 
     assert stored(note, "text") == token
-    assert refused_keys <= set(DataKey.objects.values_list("pk", flat=True))
+    assert unlisted_keys <= set(DataKey.objects.values_list("pk", flat=True))
 
 
-def test_admin_rotate_action_reports_failure(kms, settings, written, admin_client):
+def test_admin_rotate_action_reports_failure(kms, settings, written, admin_client, caplog):
     if kms.provider != "aws":
         pytest.skip("the settings check rejects a local MASTER_KEY_ID outside the list")
     key = DataKey.objects.get(scope="global")
@@ -164,6 +164,7 @@ def test_admin_rotate_action_reports_failure(kms, settings, written, admin_clien
     content = response.content.decode()
     assert response.status_code == 200
     assert f"Rotating data key {key.key_id} (scope global) failed" in content
+    assert f"Rotating data key {key.key_id} (scope 'global') failed" in caplog.text
     key.refresh_from_db()
     assert key.state == "active"
 

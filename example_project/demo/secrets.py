@@ -66,7 +66,7 @@ def load_secret_into_environment(secret_id: str | None) -> list[str]:
             f"Failed to read the Secrets Manager secret {secret_id!r} named by "
             f"EXAMPLE_SECRET_ID: {error}. If moto.env set it, start moto_server with "
             "'make moto-start' or run the demo without moto.env."
-        ) from None  # The message carries botocore's; its traceback would bury it.
+        ) from None  # The message includes botocore's text, and its traceback would bury it.
     copied = []
     for name, value in payload.items():
         if name not in os.environ:

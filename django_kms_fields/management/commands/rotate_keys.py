@@ -221,7 +221,7 @@ class Command(BaseCommand):
                     f"Unknown model {label!r}. Use APP_LABEL.ModelName; the models with "
                     f"encrypted fields are: {', '.join(_encrypted_model_labels())}."
                 ) from None
-            if not any(isinstance(f, EncryptedField) for f in model._meta.local_concrete_fields):
+            if not _has_encrypted_fields(model):
                 raise CommandError(f"{model._meta.label} has no encrypted fields of its own.")
             chosen.append(model)
         return chosen
@@ -375,12 +375,12 @@ def _seconds(value: float | None) -> datetime.timedelta | None:
     return None if value is None else datetime.timedelta(seconds=value)
 
 
+def _has_encrypted_fields(model: Any) -> bool:
+    return any(isinstance(f, EncryptedField) for f in model._meta.local_concrete_fields)
+
+
 def _encrypted_model_labels() -> list[str]:
-    return sorted(
-        model._meta.label
-        for model in apps.get_models()
-        if any(isinstance(f, EncryptedField) for f in model._meta.local_concrete_fields)
-    )
+    return sorted(model._meta.label for model in apps.get_models() if _has_encrypted_fields(model))
 
 
 def _sentence(error: Exception) -> str:

@@ -29,8 +29,8 @@ ORGANISATIONS = {
     "he_IL": "מרפאת השקמים",
 }
 LOCALES = list(ORGANISATIONS)
-# Faker's ssn() for these locales falls back to US social security numbers;
-# these are the shapes of the Saudi national id and the Japanese My Number.
+# Faker's ssn() for these locales returns US social security numbers. These
+# formats give the shapes of the Saudi national id and the Japanese My Number.
 NATIONAL_ID_FORMATS = {"ar_SA": "1#########", "ja_JP": "############"}
 # Faker has no lorem provider for ar_SA, so its text would be Latin; ar_AA's is Arabic.
 LOREM_PROVIDERS = {"ar_SA": "faker.providers.lorem.ar_AA"}
