@@ -68,6 +68,25 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     return messages
 
 
+@checks.register(checks.Tags.security, deploy=True)
+def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Return the warnings that only ``manage.py check --deploy`` reports."""
+    raw = getattr(settings, "KMS_FIELDS", None)
+    parsed, _errors = validate(raw) if raw is not None else (None, [])
+    if parsed is None or parsed.provider != "aws" or parsed.allowed_master_key_ids is not None:
+        return []
+    return [
+        checks.Warning(
+            "KMS_FIELDS['ALLOWED_MASTER_KEY_IDS'] is not set, so this process uses a data key "
+            "whatever KMS key wraps it.",
+            hint="Someone who can write to the DataKey table could then plant a data key "
+            "wrapped by a KMS key of their own. Set ALLOWED_MASTER_KEY_IDS to the ARNs of "
+            "your master keys.",
+            id="django_kms_fields.W005",
+        )
+    ]
+
+
 @checks.register(checks.Tags.models)
 def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Reject indexes, constraints and ordering that name encrypted columns."""

@@ -7,7 +7,7 @@ from django.db import models
 from django.test.utils import isolate_apps
 
 from django_kms_fields import EncryptedCharField, EncryptedField, EncryptedTextField
-from django_kms_fields.checks import check_models, check_settings
+from django_kms_fields.checks import check_deployment, check_models, check_settings
 from django_kms_fields.conf import get_settings
 from tests.conftest import local_settings
 
@@ -93,6 +93,25 @@ def test_aws_provider_without_debug_passes(settings):
     settings.DEBUG = False
     settings.KMS_FIELDS = {"PROVIDER": "aws", "MASTER_KEY_ID": "alias/app"}
     assert check_settings() == []
+
+
+def test_deploy_warning_without_allowlist(settings):
+    settings.KMS_FIELDS = {"PROVIDER": "aws", "MASTER_KEY_ID": "alias/app"}
+    assert ids(check_deployment()) == ["django_kms_fields.W005"]
+
+    # Only "manage.py check --deploy" runs it.
+    assert "django_kms_fields.W005" not in ids(checks.run_checks())
+    assert "django_kms_fields.W005" in ids(checks.run_checks(include_deployment_checks=True))
+
+    arn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    settings.KMS_FIELDS = {**settings.KMS_FIELDS, "ALLOWED_MASTER_KEY_IDS": [arn]}
+    assert check_deployment() == []
+
+    # The local provider has its own check (E004), and a broken setting E002.
+    settings.KMS_FIELDS = local_settings()
+    assert check_deployment() == []
+    settings.KMS_FIELDS = {"PROVIDER": "aws"}
+    assert check_deployment() == []
 
 
 def test_settings_are_reread_when_overridden(settings):
