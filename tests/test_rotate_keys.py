@@ -255,13 +255,18 @@ def test_rewrap_to_unknown_master_key_fails(data, kms):
 
 def test_dry_run_failure_says_nothing_changed(data, kms):
     missing = "alias/missing" if kms.provider == "aws" else "missing"
+    output = io.StringIO()
     with pytest.raises(CommandError) as raised:
-        rotate_text("--rewrap", "--dry-run", "--master-key-id", missing)
+        call_command(
+            "rotate_keys", "--rewrap", "--dry-run", "--master-key-id", missing, stdout=output
+        )
 
     message = str(raised.value)
     assert "NotFoundException" in message
     assert "dry run: nothing was changed" in message
     assert "re-wrapped so far" not in message
+    assert "Dry run, until the failure" in output.getvalue()
+    assert "nothing was changed" not in output.getvalue()
 
 
 def test_select_by_model(data):

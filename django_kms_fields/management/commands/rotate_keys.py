@@ -321,7 +321,9 @@ class Command(BaseCommand):
             return
         write = self._human.write
         if summary.dry_run:
-            write(self.style.MIGRATE_HEADING("Dry run: nothing was changed."))
+            # After a failure, the CommandError states that nothing was changed.
+            heading = "Dry run: nothing was changed." if finished else "Dry run, until the failure"
+            write(self.style.MIGRATE_HEADING(heading))
             for name, count in summary.planned.items():
                 label = name.replace("_", " ")
                 if name == "kms_calls":
