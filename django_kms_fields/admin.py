@@ -180,18 +180,18 @@ class DataKeyAdmin(admin.ModelAdmin):
     def key_id(self, obj: DataKey) -> str:
         return obj.key_id
 
-    @admin.display(description=_("encryptions counted"), ordering="encryption_count")
+    @admin.display(description=_("encryptions (shared keys)"), ordering="encryption_count")
     def encryptions(self, obj: DataKey) -> Any:
         # Per-row keys encrypt one row's values and are not counted.
         if obj.scope.startswith("row:"):
-            return _("not counted (per-row key)")
+            return self.get_empty_value_display()
         return obj.encryption_count
 
-    @admin.display(description=_("values using it"))
+    @admin.display(description=_("values using it (per-row keys)"))
     def values_using_it(self, obj: DataKey) -> Any:
         """Count values for per-row keys (one row to read); shared keys would need full scans."""
         if not obj.scope.startswith("row:"):
-            return _("not counted (see rotate_keys --reencrypt --dry-run)")
+            return self.get_empty_value_display()
         from django.apps import apps
         from django.db import models
         from django.db.models.functions import Cast

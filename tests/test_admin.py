@@ -288,8 +288,16 @@ def test_data_key_admin_is_read_only_and_shows_no_key_material(admin_client, rec
         assert base64.b64encode(key.wrapped_key).decode()[:16] not in content
         assert key.wrapped_key.hex()[:16] not in content
     assert f"row:testapp.rowrecord:{row.pk}" in content
-    assert "not counted (see rotate_keys --reencrypt --dry-run)" in content
-    assert "not counted (per-row key)" in content
+    assert "Encryptions (shared keys)" in content
+    assert "Values using it (per-row keys)" in content
+    assert (
+        content.count('<td class="field-encryptions">-</td>')
+        == DataKey.objects.filter(scope__startswith="row:").count()
+    )
+    assert (
+        content.count('<td class="field-values_using_it">-</td>')
+        == DataKey.objects.exclude(scope__startswith="row:").count()
+    )
     assert admin_client.get(reverse("admin:django_kms_fields_datakey_add")).status_code == 403
 
     key = (
