@@ -105,12 +105,14 @@ class UndecryptableValue(WithheldValue):
 
 
 class _Ciphertext:
-    """A token to write back unchanged."""
+    """A token to write back unchanged to the database ``alias`` it was read from."""
 
-    __slots__ = ("token",)
+    __slots__ = ("alias", "scope", "token")
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, scope: str, alias: str) -> None:
         self.token = token
+        self.scope = scope
+        self.alias = alias
 
 
 class _PendingEncryption:
@@ -417,8 +419,9 @@ class EncryptedField(models.Field):
             value = value.sealed
         scope = self.scope_for_instance(instance)
         if value.__class__ is SealedValue:
+            alias = instance._state.db or DEFAULT_DB_ALIAS
             if value.scope == scope and ciphers.looks_like_token(value.token):
-                return _Ciphertext(value.token)
+                return _Ciphertext(value.token, scope, alias)
             if not ciphers.looks_like_token(value.token):
                 # Legacy plaintext (or garbage): unseal() accepts it only with
                 # legacy_plaintext=True, and the save then encrypts it.
@@ -427,8 +430,8 @@ class EncryptedField(models.Field):
                 return _PendingEncryption(value, scope)
             if value.scope is None:
                 # Read by raw(): check that the token belongs to this row, then keep it.
-                self._decrypt(value.token, scope, instance._state.db, instance)
-                return _Ciphertext(value.token)
+                self._decrypt(value.token, scope, alias, instance)
+                return _Ciphertext(value.token, scope, alias)
             # The row moved to another tenant: re-encrypt under the new one.
             value = self.unseal(instance, value)
             data[self.attname] = value
@@ -439,7 +442,11 @@ class EncryptedField(models.Field):
             return None
         value_class = value.__class__
         if value_class is _Ciphertext:
-            return value.token
+            if value.alias == connection.alias:
+                return value.token
+            # The token names a data key of the database it was read from.
+            plaintext = self._decrypt(value.token, value.scope, value.alias, None)
+            return self._encrypt(plaintext, value.scope, connection)
         if value_class is _PendingEncryption:
             return self._encrypt(value.value, value.scope, connection)
         if hasattr(value, "as_sql"):
@@ -892,13 +899,19 @@ def _prepare_before_save(
     inheritance included. ``get_db_prep_save()`` then only encrypts locally.
     """
     keyring = get_keyring()
+    data = instance.__dict__
+    # Data keys belong to one database: a row read from another one, as by
+    # save(using=...), is encrypted again under this database's keys.
+    moved = instance._state.db is not None and instance._state.db != using
     for field in instance._meta.concrete_fields:
-        if not isinstance(field, EncryptedField) or field.attname not in instance.__dict__:
+        if not isinstance(field, EncryptedField) or field.attname not in data:
             continue
         if update_fields is not None and field.name not in update_fields:
             continue
         if field.key_scope == ROW and instance.pk is None:
             continue  # A child of multi-table inheritance gets its pk from the parent row.
+        if moved and data[field.attname].__class__ is SealedValue:
+            data[field.attname] = field.unseal(instance, data[field.attname])
         result = field.prepare_write(instance)
         if result.__class__ is _PendingEncryption:
             keyring.active_entry(result.scope, using)

@@ -53,6 +53,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
     DATABASES["default"].setdefault("OPTIONS", {})["charset"] = "utf8mb4"
     DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
 
+# A second database on the same server, for tests of rows copied between
+# databases. pytest-django only creates it for tests that ask for it.
+DATABASES["other"] = {
+    **DATABASES["default"],
+    "TEST": {**DATABASES["default"].get("TEST", {}), "NAME": None},
+}
+if DATABASES["other"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["other"]["TEST"]["NAME"] = os.path.join(
+        tempfile.gettempdir(), f"django_kms_fields_tests_other_{os.getpid()}.sqlite3"
+    )
+else:
+    DATABASES["other"]["TEST"]["NAME"] = f"test_{DATABASES['default']['NAME']}_other"
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.contenttypes",
