@@ -14,7 +14,9 @@ A stored value is an ASCII token of this form::
     section 4) without padding.
 
 The token of an n-byte plaintext therefore has 15 + ceil(4 * (n + 28) / 3)
-characters, at most 4/3 * (n + 40). The alphabet is ``A-Z a-z 0-9 + / .``,
+characters, at most 4/3 * (n + 40). Both base64 parts must be canonical (the
+unused low bits of their last character zero), so that a token has exactly
+one text form and any changed character fails to decrypt. The alphabet is ``A-Z a-z 0-9 + / .``,
 which no SQL ``LIKE`` pattern treats as a wildcard.
 
 The associated data authenticated with every value is::
@@ -47,6 +49,16 @@ TAG_LENGTH = 16
 MIN_TOKEN_LENGTH = HEADER_LENGTH + 38  # base64 of an empty plaintext's nonce and tag
 MAX_SCOPE_LENGTH = 255
 _PADDING = ("", "===", "==", "=")  # indexed by len(payload) % 4
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+# The characters that may end a payload, indexed by len(payload) % 4: a last
+# character that carries unused bits must have them all zero. With padding
+# and unused bits rejected, each token has a single text form.
+_LAST_CHARACTERS = (
+    frozenset(_ALPHABET),
+    frozenset(),
+    frozenset(_ALPHABET[::16]),
+    frozenset(_ALPHABET[::4]),
+)
 
 
 class InvalidToken(Exception):
@@ -71,7 +83,7 @@ def encode_key_id(key_id: int) -> str:
 
 def decode_key_id(text: str) -> int:
     """Return the integer data key id of an 11-character key id."""
-    if len(text) != KEY_ID_LENGTH:
+    if len(text) != KEY_ID_LENGTH or text[-1] not in _LAST_CHARACTERS[3]:
         raise InvalidToken
     try:
         return int.from_bytes(_b64decode(text + "="), "big")
@@ -114,10 +126,11 @@ def seal(aead: AESGCM, key_id: str, plaintext: bytes, associated: bytes) -> str:
 
 def open_token(aead: AESGCM, token: str, associated: bytes) -> bytes:
     """Decrypt a token and return its plaintext, or raise ``InvalidToken``."""
-    if not token.startswith(PREFIX):
+    remainder = (len(token) - HEADER_LENGTH) % 4
+    if not token.startswith(PREFIX) or token[-1] not in _LAST_CHARACTERS[remainder]:
         raise InvalidToken
     try:
-        blob = _b64decode(token[HEADER_LENGTH:] + _PADDING[(len(token) - HEADER_LENGTH) % 4])
+        blob = _b64decode(token[HEADER_LENGTH:] + _PADDING[remainder])
         return aead.decrypt(blob[:NONCE_LENGTH], blob[NONCE_LENGTH:], associated)
     except (binascii.Error, InvalidTag, ValueError):
         raise InvalidToken from None

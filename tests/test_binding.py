@@ -1,6 +1,7 @@
 """A value copied elsewhere fails to decrypt instead of leaking; tampering is detected."""
 
 import logging
+import string
 
 import pytest
 from django.db import connection
@@ -105,6 +106,11 @@ def test_value_copied_to_another_model_fails(orgs, stored, write_raw):
         Visit.objects.get(pk=visit.pk).note
 
 
+def flip_low_bit(character):
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/"
+    return alphabet[alphabet.index(character) ^ 1]
+
+
 @pytest.mark.parametrize(
     "tamper",
     [
@@ -115,6 +121,11 @@ def test_value_copied_to_another_model_fails(orgs, stored, write_raw):
         lambda token: "",
         lambda token: SECRET,
         lambda token: "kf1." + "A" * 80,
+        # Edits that decode to the same bytes: padding, and unused low bits of
+        # the last base64 character of the payload and of the key id.
+        lambda token: token + "==",
+        lambda token: token[:-1] + flip_low_bit(token[-1]),
+        lambda token: token[:14] + flip_low_bit(token[14]) + token[15:],
     ],
 )
 def test_tampered_value_fails(tamper, stored, write_raw):

@@ -1,5 +1,7 @@
+import contextlib
 import math
 import os
+import string
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -7,6 +9,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django_kms_fields import ciphers
 
 KEY_ID = ciphers.encode_key_id(0x0123456789ABCDEF)
+BASE64_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/"
 
 
 @pytest.fixture
@@ -102,6 +105,37 @@ def test_tampered_tokens_fail(aead):
     ):
         with pytest.raises(ciphers.InvalidToken):
             ciphers.open_token(aead, bad, associated)
+
+
+@pytest.mark.parametrize("length", [0, 1, 2])
+def test_every_edited_payload_fails(aead, length):
+    # The three lengths end the payload with each number of unused bits.
+    associated = ciphers.associated_data(KEY_ID, "global", "a.b.c")
+    token = ciphers.seal(aead, KEY_ID, os.urandom(length), associated)
+    edits = [token + extra for extra in ("=", "==", "A", "\n")]
+    for position in range(ciphers.HEADER_LENGTH, len(token)):
+        edits.extend(
+            token[:position] + character + token[position + 1 :]
+            for character in BASE64_ALPHABET + "= \n"
+            if character != token[position]
+        )
+        edits.append(token[:position] + "=" + token[position:])
+
+    for edited in edits:
+        with pytest.raises(ciphers.InvalidToken):
+            ciphers.open_token(aead, edited, associated)
+
+
+def test_every_edited_key_id_fails():
+    for numeric in (1, 42, 0x0123456789ABCDEF):
+        text = ciphers.encode_key_id(numeric)
+        for position in range(len(text)):
+            for character in BASE64_ALPHABET:
+                if character == text[position]:
+                    continue
+                edited = text[:position] + character + text[position + 1 :]
+                with contextlib.suppress(ciphers.InvalidToken):
+                    assert ciphers.decode_key_id(edited) != numeric
 
 
 def test_short_text_is_not_a_token():
