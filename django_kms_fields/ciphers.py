@@ -53,7 +53,7 @@ _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 # The characters that may end a payload, indexed by len(payload) % 4: a last
 # character that carries unused bits must have them all zero. With padding
 # and unused bits rejected, each token has a single text form.
-_LAST_CHARACTERS = (
+_LAST_CHARACTERS: tuple[frozenset[str], ...] = (
     frozenset(_ALPHABET),
     frozenset(),
     frozenset(_ALPHABET[::16]),
