@@ -1,6 +1,8 @@
 from django.apps import AppConfig
+from django.apps import apps as global_apps
+from django.apps.registry import Apps
 from django.core.signals import setting_changed
-from django.db import DEFAULT_DB_ALIAS
+from django.db import DEFAULT_DB_ALIAS, router
 from django.db.models.signals import post_delete, post_migrate
 from django.utils.translation import gettext_lazy as _
 
@@ -45,33 +47,36 @@ def _forget_deleted_data_key(*, instance: object, using: str, **kwargs: object) 
 
 
 def create_decrypted_permissions(
-    app_config: AppConfig, using: str = DEFAULT_DB_ALIAS, **kwargs: object
+    app_config: AppConfig,
+    using: str = DEFAULT_DB_ALIAS,
+    apps: Apps = global_apps,
+    **kwargs: object,
 ) -> None:
     """Create ``<app_label>.view_decrypted_<model>`` for each model with encrypted fields.
 
     The admin shows plaintext to staff with that permission (or with
     ``django_kms_fields.view_decrypted_values``). Runs after each app migrates,
-    as Django's own permissions do.
+    as Django's own permissions do, on the models of the migration state, so
+    that a partial ``migrate`` skips what is not migrated yet.
     """
-    from django.apps import apps
-
-    if not (
-        apps.is_installed("django.contrib.auth")
-        and apps.is_installed("django.contrib.contenttypes")
-    ):
-        return
-    from django.contrib.auth.models import Permission
-    from django.contrib.contenttypes.models import ContentType
-
     from .permissions import decrypted_permission_codename, encrypted_field_names
 
-    for model in app_config.get_models():
+    try:
+        migrated_app = apps.get_app_config(app_config.label)
+        content_type_model = apps.get_model("contenttypes", "ContentType")
+        permission_model = apps.get_model("auth", "Permission")
+    except LookupError:
+        return
+    if not router.allow_migrate_model(using, permission_model):
+        return
+
+    for model in migrated_app.get_models():
         if not encrypted_field_names(model):
             continue
-        content_type = ContentType.objects.db_manager(using).get_for_model(
+        content_type = content_type_model.objects.db_manager(using).get_for_model(
             model, for_concrete_model=False
         )
-        Permission.objects.db_manager(using).get_or_create(
+        permission_model.objects.db_manager(using).get_or_create(
             content_type=content_type,
             codename=decrypted_permission_codename(model),
             defaults={"name": f"Can view decrypted values of {model._meta.verbose_name}"},

@@ -1,6 +1,10 @@
 """Migrations: shipped and clean, and adding encrypted columns to tables with rows."""
 
 import io
+import os
+import sqlite3
+import subprocess
+import sys
 
 import pytest
 from django.core.exceptions import FieldError
@@ -132,3 +136,34 @@ def test_changing_encryption_options_changes_no_table():
     new.model = old.model
     # Only the field options differ, so the schema editor alters nothing.
     assert not connection.schema_editor()._field_should_be_altered(old, new)
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="runs on its own SQLite file")
+@pytest.mark.parametrize("first_app", ["contenttypes", "testapp", "django_kms_fields"])
+def test_partial_migrate_of_new_database(tmp_path, first_app):
+    environment = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'new.sqlite3'}",
+    }
+
+    def migrate(*arguments):
+        return subprocess.run(
+            [sys.executable, "-m", "django", "migrate", *arguments, "--verbosity", "0"],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    first = migrate(first_app)
+    assert first.returncode == 0, first.stderr
+    rest = migrate()
+    assert rest.returncode == 0, rest.stderr
+
+    # The permission is created once auth and the app are both migrated.
+    database = sqlite3.connect(tmp_path / "new.sqlite3")
+    codenames = {row[0] for row in database.execute("SELECT codename FROM auth_permission")}
+    database.close()
+    assert "view_decrypted_note" in codenames
