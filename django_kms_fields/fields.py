@@ -29,6 +29,7 @@ from django.core.exceptions import FieldDoesNotExist, FieldError, ValidationErro
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, models
 from django.db import connection as default_connection
 from django.db.models import Value, signals
+from django.db.models.constants import OnConflict
 from django.db.models.functions import Cast
 from django.db.models.lookups import Exact
 from django.db.models.query_utils import DeferredAttribute
@@ -158,6 +159,20 @@ def _writer_code_objects() -> frozenset[CodeType]:
 # reads, such writes fail with a FieldError (never with a wrong scope), and the
 # bulk_update and loaddata tests fail.
 _WRITER_CODES = _writer_code_objects()
+
+
+def _pre_save_val_code() -> CodeType:
+    from django.db.models.sql.compiler import SQLInsertCompiler
+
+    return SQLInsertCompiler.pre_save_val.__code__
+
+
+# pre_save() recognises INSERT statements of bulk_create(update_conflicts=True)
+# by this caller, to check which fields the upsert updates.
+# NOTE: this depends on Django internals, as _WRITER_CODES does. If a Django
+# release moves the call, such upserts are no longer checked, and the upsert
+# tests fail.
+_PRE_SAVE_VAL_CODE = _pre_save_val_code()
 
 _insert_codes: tuple[tuple[type, ...], frozenset[CodeType]] = ((), frozenset())
 
@@ -395,6 +410,12 @@ class EncryptedField(models.Field):
     # Writing
 
     def pre_save(self, model_instance: Any, add: bool) -> Any:
+        if add:
+            caller = sys._getframe(1)
+            if caller.f_code is _PRE_SAVE_VAL_CODE:
+                query = caller.f_locals["self"].query
+                if query.on_conflict is OnConflict.UPDATE:
+                    _check_upsert(self.model, query, caller.f_locals["self"].connection)
         if getattr(self, "auto_now", False) or (add and getattr(self, "auto_now_add", False)):
             super().pre_save(model_instance, add)
         return self.prepare_write(model_instance)
@@ -915,6 +936,43 @@ def _prepare_before_save(
         result = field.prepare_write(instance)
         if result.__class__ is _PendingEncryption:
             keyring.active_entry(result.scope, using)
+
+
+def _check_upsert(model: Any, query: Any, connection: BaseDatabaseWrapper) -> None:
+    """Reject a ``bulk_create(update_conflicts=True)`` that would store values under a wrong scope.
+
+    On a conflict the existing row keeps its primary key, and its tenant unless
+    the update sets it, while the values come encrypted for the new object.
+    """
+    updated = set(query.update_fields or ())
+    # Without a conflict target (MariaDB, MySQL), any unique index may conflict.
+    targets = (
+        set(query.unique_fields or ())
+        if connection.features.supports_update_conflicts_with_target
+        else set()
+    )
+    for field in model._meta.concrete_fields:
+        if not isinstance(field, EncryptedField):
+            continue
+        if field.key_scope == TENANT:
+            tenant = field.context_field
+            assert tenant is not None
+            if tenant in targets or (field in updated) == (tenant in updated):
+                continue
+            raise FieldError(
+                f"bulk_create(update_conflicts=True) must update {field.qualified_name} "
+                f"and its tenant field {tenant.name!r} together, or have {tenant.name!r} "
+                "in unique_fields: the conflicting row may belong to another tenant, and "
+                "each value is encrypted under its tenant's data key."
+            )
+        if field.key_scope == ROW and field in updated and model._meta.pk not in targets:
+            raise FieldError(
+                f"bulk_create(update_conflicts=True) cannot update {field.qualified_name}, "
+                "which uses key_scope='row', unless unique_fields is the primary key: the "
+                "new value is encrypted for the new object's primary key, not for the "
+                "conflicting row's. MariaDB and MySQL take no unique_fields. Update such "
+                "rows with save() or bulk_update()."
+            )
 
 
 def _delete_row_data_keys(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:

@@ -11,6 +11,7 @@ from django_kms_fields.fields import SealedValue
 from tests.testapp.models import (
     Child,
     CodedRecord,
+    ExternalRecord,
     Note,
     Organisation,
     RowRecord,
@@ -120,6 +121,86 @@ def test_bulk_create_row_scope():
     assert sorted(RowRecord.objects.values_list("secret", flat=True)) == [
         r.secret for r in sorted(rows, key=lambda r: r.secret)
     ]
+
+
+# MariaDB and MySQL take no unique_fields: any unique index may conflict there.
+HAS_CONFLICT_TARGET = connection.features.supports_update_conflicts_with_target
+
+
+def upsert(model, objects, update_fields, unique_fields):
+    return model.objects.bulk_create(
+        objects,
+        update_conflicts=True,
+        update_fields=update_fields,
+        unique_fields=unique_fields if HAS_CONFLICT_TARGET else None,
+    )
+
+
+@pytest.mark.parametrize("update_fields", [["organisation"], ["secret"]])
+def test_upsert_splitting_value_and_tenant_raises(orgs, stored, update_fields):
+    record = TenantRecord.objects.create(organisation=orgs[0], secret="original")
+    token = stored(record, "secret")
+    incoming = TenantRecord(pk=record.pk, organisation=orgs[1], secret="incoming", details={})
+
+    # The check runs inside bulk_create()'s transaction, so it needs a savepoint here.
+    with (
+        pytest.raises(FieldError, match="must update testapp.TenantRecord.secret and its"),
+        transaction.atomic(),
+    ):
+        upsert(TenantRecord, [incoming], update_fields, ["id"])
+
+    assert stored(record, "secret") == token
+    assert TenantRecord.objects.get(pk=record.pk).organisation == orgs[0]
+
+
+def test_upsert_moving_tenant_with_every_value(orgs):
+    record = TenantRecord.objects.create(organisation=orgs[0], secret="original", score=1)
+    incoming = TenantRecord(pk=record.pk, organisation=orgs[1], secret="new", details={}, score=2)
+
+    upsert(TenantRecord, [incoming], ["organisation", "secret", "details", "score"], ["id"])
+
+    loaded = TenantRecord.objects.get(pk=record.pk)
+    assert loaded.organisation == orgs[1]
+    assert loaded.secret == "new"
+    assert loaded.score == 2
+
+
+def test_upsert_keyed_by_tenant_updates_value(orgs):
+    ExternalRecord.objects.create(organisation=orgs[0], code="A-1", secret="original")
+    incoming = ExternalRecord(organisation=orgs[0], code="A-1", secret="updated")
+
+    if not HAS_CONFLICT_TARGET:
+        with (
+            pytest.raises(FieldError, match="its tenant field 'organisation' together"),
+            transaction.atomic(),
+        ):
+            upsert(ExternalRecord, [incoming], ["secret"], ["organisation", "code"])
+        return
+    upsert(ExternalRecord, [incoming], ["secret"], ["organisation", "code"])
+
+    assert ExternalRecord.objects.get().secret == "updated"
+
+
+def test_upsert_of_row_scoped_value(stored):
+    row = RowRecord.objects.create(secret="original")
+    incoming = RowRecord(pk=row.pk, secret="updated")
+
+    if not HAS_CONFLICT_TARGET:
+        with pytest.raises(FieldError, match="uses key_scope='row'"), transaction.atomic():
+            upsert(RowRecord, [incoming], ["secret"], ["id"])
+        assert RowRecord.objects.get(pk=row.pk).secret == "original"
+        return
+    upsert(RowRecord, [incoming], ["secret"], ["id"])
+
+    assert RowRecord.objects.get(pk=row.pk).secret == "updated"
+
+
+def test_upsert_of_global_value():
+    note = Note.objects.create(title="n", text="original")
+
+    upsert(Note, [Note(pk=note.pk, title="n", text="updated")], ["text"], ["id"])
+
+    assert Note.objects.get(pk=note.pk).text == "updated"
 
 
 def test_bulk_update_each_row_keeps_its_tenant(orgs):

@@ -346,7 +346,7 @@ def test_text_output_and_progress(data):
         (["--scope", "row:testapp.note:1"], "has no fields with key_scope='row'"),
         (["--no-rotate"], "--no-rotate only applies to --reencrypt"),
         (["--master-key-id", "x"], "--master-key-id only applies to --rewrap"),
-        (["--database", "other"], "Unknown database 'other'"),
+        (["--database", "missing"], "Unknown database 'missing'"),
     ],
 )
 def test_invalid_options(args, message):

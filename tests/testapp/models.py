@@ -78,6 +78,19 @@ class CodedRecord(models.Model):
     tenant_code = models.CharField(max_length=50)
 
 
+class ExternalRecord(models.Model):
+    """A record that another system sends again and again, keyed by tenant and code."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE)
+    code = models.CharField(max_length=20)
+    secret = EncryptedTextField(key_scope="tenant", tenant_field="organisation", null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organisation", "code"], name="external_record_key")
+        ]
+
+
 class RowRecord(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, null=True)
