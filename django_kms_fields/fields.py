@@ -450,9 +450,13 @@ class EncryptedField(models.Field):
                 data[self.attname] = value
                 return _PendingEncryption(value, scope)
             if value.scope is None:
-                # Read by raw(): check that the token belongs to this row, then keep it.
-                self._decrypt(value.token, scope, alias, instance)
-                return _Ciphertext(value.token, scope, alias)
+                # Read by raw(): keep the token if it belongs to this row and
+                # tenant, else encrypt it again under the row's new tenant.
+                plaintext, stored_scope = self._unseal_raw(instance, value.token, alias)
+                if stored_scope == scope:
+                    return _Ciphertext(value.token, scope, alias)
+                data[self.attname] = plaintext
+                return _PendingEncryption(plaintext, scope)
             # The row moved to another tenant: re-encrypt under the new one.
             value = self.unseal(instance, value)
             data[self.attname] = value
@@ -575,12 +579,42 @@ class EncryptedField(models.Field):
 
     def unseal(self, instance: Any, sealed: SealedValue) -> Any:
         """Decrypt a value loaded into ``instance``."""
-        return self._decrypt(
-            sealed.token,
-            sealed.scope or self.scope_for_instance(instance),
-            instance._state.db or DEFAULT_DB_ALIAS,
-            instance,
+        alias = instance._state.db or DEFAULT_DB_ALIAS
+        if sealed.scope is None:
+            return self._unseal_raw(instance, sealed.token, alias)[0]
+        return self._decrypt(sealed.token, sealed.scope, alias, instance)
+
+    def _unseal_raw(self, instance: Any, token: str, alias: str) -> tuple[Any, str]:
+        """Decrypt a value read by ``raw()``, and return it with its scope.
+
+        ``raw()`` does not select the row's tenant with the value, so the
+        instance's tenant is tried first, then the one stored in the row, in
+        case the instance was moved to another tenant since.
+        NOTE: a moved instance therefore accepts a token of its new tenant
+        planted in the row, like a swap of values within one tenant.
+        """
+        scope = self.scope_for_instance(instance)
+        try:
+            return self._decrypt(token, scope, alias, instance), scope
+        except DecryptionError:
+            stored = self._stored_scope(instance, alias)
+            if stored is None or stored == scope:
+                raise
+        return self._decrypt(token, stored, alias, instance), stored
+
+    def _stored_scope(self, instance: Any, alias: str) -> str | None:
+        """Return the tenant scope of ``instance``'s row as stored, if it has one."""
+        if self.key_scope != TENANT or instance.pk is None:
+            return None
+        assert self.context_field is not None
+        contexts = list(
+            self.model._base_manager.using(alias)
+            .filter(pk=instance.pk)
+            .values_list(self.context_field.attname, flat=True)
         )
+        if len(contexts) != 1 or contexts[0] is None:
+            return None
+        return self._scope_from_context(contexts[0])
 
     def _decrypt(
         self, token: str, scope: str, alias: str, instance: Any, context: str | None = None
@@ -1055,7 +1089,8 @@ def _check_tenant_update(tenant: Any, compiler: Any) -> None:
             f"An update of {tenant.model._meta.label}.{tenant.name} that does not also "
             f"write {', '.join(missing)} would leave them encrypted under the old "
             "tenant's data key, and they could no longer be decrypted. Change the tenant "
-            "with save() (without update_fields), or list those fields in update_fields "
+            "with save() without update_fields, on an instance that has those fields "
+            "loaded (not deferred by only() or defer()), or list them in update_fields "
             "or bulk_update(); QuerySet.update() can only move rows whose values it sets "
             "to None."
         )

@@ -7,6 +7,7 @@ from django.db.models import Case, F, Value, When
 from django.db.models.functions import Concat, Upper
 
 from django_kms_fields import ciphers
+from django_kms_fields.exceptions import DecryptionError
 from django_kms_fields.fields import SealedValue
 from tests.testapp.models import (
     Child,
@@ -429,6 +430,22 @@ def test_only_and_defer(orgs):
     assert TenantRecord.objects.get(pk=record.pk).secret == "deferred"
 
 
+def test_moving_deferred_values_raises(orgs, stored):
+    record = TenantRecord.objects.create(organisation=orgs[0], secret="stays")
+    token = stored(record, "secret")
+    only_tenant = TenantRecord.objects.only("organisation").get(pk=record.pk)
+    only_tenant.organisation = orgs[1]
+
+    with (
+        pytest.raises(FieldError, match=r"not deferred by only\(\) or defer\(\)"),
+        transaction.atomic(),
+    ):
+        only_tenant.save()
+
+    assert stored(record, "secret") == token
+    assert TenantRecord.objects.get(pk=record.pk).organisation == orgs[0]
+
+
 def test_select_related(orgs):
     record = TenantRecord.objects.create(organisation=orgs[0], secret="related")
     row = RowRecord.objects.create(secret="row related")
@@ -476,6 +493,38 @@ def test_raw(orgs):
     raw_record.save()
     assert TenantRecord.objects.get(pk=record.pk).secret == "raw read"
     assert note.pk
+
+
+def test_raw_instance_moved_to_another_tenant(orgs, stored):
+    record = TenantRecord.objects.create(
+        organisation=orgs[0], secret="moves", details={"a": 1}, score=3
+    )
+    old_token = stored(record, "secret")
+    table = TenantRecord._meta.db_table
+
+    raw_record = next(iter(TenantRecord.objects.raw(f"SELECT * FROM {table}")))
+    raw_record.organisation = orgs[1]
+    assert raw_record.details == {"a": 1}  # read after the move, before the save
+    raw_record.save()
+
+    loaded = TenantRecord.objects.get(pk=record.pk)
+    assert loaded.organisation == orgs[1]
+    assert (loaded.secret, loaded.details, loaded.score) == ("moves", {"a": 1}, 3)
+    assert stored(record, "secret") != old_token
+
+
+def test_raw_instance_with_foreign_token_fails(orgs, stored, write_raw):
+    first = TenantRecord.objects.create(organisation=orgs[0], secret="first")
+    third_tenant = Organisation.objects.create(name="Initech")
+    other = TenantRecord.objects.create(organisation=third_tenant, secret="other")
+    write_raw(first, "secret", stored(other, "secret"))
+    table = TenantRecord._meta.db_table
+
+    raw_first = TenantRecord.objects.raw(f"SELECT * FROM {table} WHERE id = %s", [first.pk])[0]
+    raw_first.organisation = orgs[1]
+
+    with pytest.raises(DecryptionError):
+        raw_first.save()
 
 
 def test_lazy_instances_hold_sealed_values(orgs):
