@@ -18,6 +18,7 @@ import datetime
 import json
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from types import CodeType
 from typing import TYPE_CHECKING, Any
@@ -1167,13 +1168,25 @@ class EncryptedDateTimeField(EncryptedField, models.DateTimeField):  # type: ign
 
     As with ``DateTimeField``: with ``USE_TZ = True``, aware values are stored
     in UTC and read back as aware UTC datetimes (a naive value is made aware
-    in the current time zone, with Django's warning); with ``USE_TZ = False``,
-    values are naive and an aware value raises ``ValueError``.
+    in the default time zone, with a warning that does not quote it); with
+    ``USE_TZ = False``, values are naive and an aware value raises
+    ``ValueError``.
     """
 
     def plaintext_from_value(self, value: Any) -> bytes:
-        value = self.get_prep_value(value)
+        if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+            value = datetime.datetime(value.year, value.month, value.day)
+        value = self.to_python(value)
         if settings.USE_TZ:
+            if timezone.is_naive(value):
+                # Django's own warning would quote the value.
+                warnings.warn(
+                    f"{self.qualified_name} received a naive datetime while time zone "
+                    "support is active.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                value = timezone.make_aware(value, timezone.get_default_timezone())
             value = value.astimezone(datetime.timezone.utc)
         elif timezone.is_aware(value):
             raise _InvalidValue(

@@ -143,10 +143,21 @@ def test_datetime_handling_matches_django(moment):
 
 def test_naive_datetime_warns_like_django():
     naive = datetime.datetime(2024, 6, 1, 12, 0)
-    with pytest.warns(RuntimeWarning, match="naive datetime"):
+    with pytest.warns(RuntimeWarning, match="testapp.Note.moment received a naive") as caught:
         note = Note.objects.create(moment=naive)
-    # Interpreted in the current time zone (Europe/Paris, UTC+2 in June).
+    # Interpreted in the default time zone (Europe/Paris, UTC+2 in June).
     assert reload(note).moment == datetime.datetime(2024, 6, 1, 10, 0, tzinfo=datetime.timezone.utc)
+    for warning in caught:
+        assert "2024" not in str(warning.message)
+
+
+def test_date_in_datetime_field_warns_without_value():
+    with pytest.warns(RuntimeWarning, match="naive datetime") as caught:
+        note = Note.objects.create(moment=datetime.date(2024, 6, 1))
+    midnight_in_paris = datetime.datetime(2024, 5, 31, 22, 0, tzinfo=datetime.timezone.utc)
+    assert reload(note).moment == midnight_in_paris
+    for warning in caught:
+        assert "2024" not in str(warning.message)
 
 
 @override_settings(USE_TZ=False)
