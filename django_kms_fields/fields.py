@@ -558,7 +558,16 @@ class EncryptedField(models.Field):
                 return self._decrypt(value[1:], GLOBAL, connection.alias, None)
             # NOTE: a legacy plaintext value that starts with a marker and is
             # read with raw() would lose that character here.
-            return self._decrypt(value, GLOBAL, connection.alias, None)
+            try:
+                return self._decrypt(value, GLOBAL, connection.alias, None)
+            except DecryptionError as error:
+                if isinstance(expression, EncryptedCol):
+                    raise
+                raise DecryptionError(
+                    f"{error} It was read through the SQL expression "
+                    f"{type(expression).__name__}(), which may have changed the token: "
+                    "SQL functions operate on tokens, not on values."
+                ) from None
 
         # The context (a tenant id or primary key) never contains a marker,
         # so the first marker ends it, whatever the stored value contains.

@@ -404,6 +404,13 @@ def test_annotation_of_encrypted_column(orgs):
     assert record.secret == "annotated"
 
 
+def test_sql_function_over_global_column_names_the_cause():
+    Note.objects.create(text="shouted")
+
+    with pytest.raises(DecryptionError, match=r"SQL expression Upper\(\), which may have"):
+        list(Note.objects.annotate(loud=Upper("text")).values_list("loud", flat=True))
+
+
 def test_aggregate_of_tenant_scoped_column_raises(orgs):
     from django.db.models import Max
 
