@@ -28,7 +28,6 @@ from django.conf import settings
 from django.core import checks, validators
 from django.core.exceptions import FieldDoesNotExist, FieldError, ValidationError
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, models
-from django.db import connection as default_connection
 from django.db.models import Value, signals
 from django.db.models.constants import OnConflict
 from django.db.models.functions import Cast
@@ -1134,17 +1133,21 @@ class EncryptedEmailField(EncryptedCharField, models.EmailField):
 
 
 class EncryptedIntegerField(EncryptedField, models.IntegerField):
-    """Encrypted integer. Its range is that of ``IntegerField`` on the default database."""
+    """Encrypted integer, from -2**31 to 2**31 - 1 on every database.
+
+    That is the range Django documents as safe for ``IntegerField`` everywhere,
+    so values move between databases (and through fixtures) unchanged.
+    """
+
+    MIN_VALUE = -(2**31)
+    MAX_VALUE = 2**31 - 1
 
     def plaintext_from_value(self, value: Any) -> bytes:
         number = self.get_prep_value(value)
-        # A plain IntegerField's column rejects numbers out of range.
-        min_value, max_value = default_connection.ops.integer_field_range("IntegerField")
-        if (min_value is not None and number < min_value) or (
-            max_value is not None and number > max_value
-        ):
+        if not self.MIN_VALUE <= number <= self.MAX_VALUE:
             raise _InvalidValue(
-                f"{self.qualified_name} only stores integers from {min_value} to {max_value}."
+                f"{self.qualified_name} only stores integers from {self.MIN_VALUE} to "
+                f"{self.MAX_VALUE}."
             )
         return str(number).encode()
 
@@ -1153,13 +1156,12 @@ class EncryptedIntegerField(EncryptedField, models.IntegerField):
 
     @cached_property
     def validators(self) -> list[Any]:
-        field_validators = [*self.default_validators, *getattr(self, "_validators", [])]
-        min_value, max_value = default_connection.ops.integer_field_range("IntegerField")
-        if min_value is not None:
-            field_validators.append(validators.MinValueValidator(min_value))
-        if max_value is not None:
-            field_validators.append(validators.MaxValueValidator(max_value))
-        return field_validators
+        return [
+            *self.default_validators,
+            *getattr(self, "_validators", []),
+            validators.MinValueValidator(self.MIN_VALUE),
+            validators.MaxValueValidator(self.MAX_VALUE),
+        ]
 
 
 class EncryptedDateField(EncryptedField, models.DateField):  # type: ignore[misc]

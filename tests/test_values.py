@@ -204,10 +204,19 @@ def test_invalid_value_error_does_not_quote_it(field, value):
     assert Note.objects.count() == 0
 
 
-def test_integer_out_of_range_is_rejected_on_save():
+@pytest.mark.parametrize("number", [2**31, -(2**31) - 1, 2**70])
+def test_integer_out_of_range_is_rejected_on_save(number):
+    # The same range on every database, SQLite's 64-bit integers included.
     with pytest.raises(ValueError, match="only stores integers from"), transaction.atomic():
-        Note.objects.create(number=2**70)
+        Note.objects.create(number=number)
     assert Note.objects.count() == 0
+
+
+def test_integer_range_is_validated():
+    with pytest.raises(ValidationError) as excinfo:
+        Note(title="t", number=2**31).full_clean()
+    assert list(excinfo.value.message_dict) == ["number"]
+    Note(title="t", number=-(2**31)).full_clean()
 
 
 def test_assignment_after_load_is_encrypted_again(stored):
