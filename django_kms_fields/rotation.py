@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db.models.functions import Cast, Substr
 from django.utils import timezone
@@ -62,6 +63,7 @@ ACTIVE_KEY_UNUSABLE = "the active data key of its scope cannot be unwrapped"
 KEY_NOT_ALLOWED = "its data key's master key is not in ALLOWED_MASTER_KEY_IDS"
 NO_TENANT = "has a value but no tenant"
 PLAINTEXT_NOT_ALLOWED = "plaintext, but the field does not set legacy_plaintext=True"
+PLAINTEXT_INVALID = "plaintext that is not a valid value of the field"
 
 
 @dataclass
@@ -522,9 +524,14 @@ class Rotation:
             if not encrypted_field.legacy_plaintext:
                 fail(PLAINTEXT_NOT_ALLOWED)
                 return None
+            try:
+                value = encrypted_field.value_from_legacy_text(stored)
+                plaintext = encrypted_field.plaintext_from_value(value)
+            except (TypeError, ValueError, ValidationError):
+                fail(PLAINTEXT_INVALID)
+                return None
             result.values_encrypted_from_plaintext += 1
-            value = encrypted_field.value_from_legacy_text(stored)
-            return encrypted_field.plaintext_from_value(value)
+            return plaintext
 
         key_id = stored[len(ciphers.PREFIX) : ciphers.HEADER_LENGTH]
         if encrypted_field.key_scope == ROW:

@@ -518,6 +518,22 @@ def test_migrate_plaintext_column(legacy_table):
         list(EncryptedPatient.objects.exclude(notes=None).values_list("notes", flat=True))
 
 
+def test_invalid_plaintext_is_reported_and_kept(legacy_table, write_raw, stored):
+    patients = [LegacyPatient.objects.create(notes=f"note {i}", age=40) for i in range(3)]
+    alter_legacy_columns()
+    write_raw(patients[0], "age", "forty")
+    write_raw(patients[1], "age", str(2**40))
+
+    with pytest.raises(CommandError, match="plaintext that is not a valid value of the field"):
+        rotate_text("--reencrypt", "--no-rotate", "--model", "testapp.EncryptedLegacyPatient")
+
+    assert stored(patients[0], "age") == "forty"
+    assert stored(patients[1], "age") == str(2**40)
+    assert ciphers.looks_like_token(stored(patients[2], "age"))
+    for patient in patients:
+        assert ciphers.looks_like_token(stored(patient, "notes"))
+
+
 def test_retired_row_key_named_by_a_late_value_is_kept(data, write_raw, stored):
     row = RowRecord.objects.first()
     old_token = stored(row, "secret")
