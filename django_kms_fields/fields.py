@@ -1114,10 +1114,20 @@ class EncryptedTextField(EncryptedField, models.TextField):
 
 
 class EncryptedCharField(EncryptedField, models.CharField):
-    """Encrypted ``CharField``. ``max_length`` limits the plaintext and is optional."""
+    """Encrypted ``CharField``. ``max_length`` limits the plaintext and is optional.
+
+    The column is unbounded text, so the field itself rejects longer values on
+    save, as a ``varchar`` column would.
+    """
 
     def plaintext_from_value(self, value: Any) -> bytes:
-        return self.get_prep_value(value).encode()
+        text = self.get_prep_value(value)
+        if self.max_length is not None and len(text) > self.max_length:
+            raise _InvalidValue(
+                f"{self.qualified_name} cannot store {len(text)} characters: its max_length "
+                f"is {self.max_length}."
+            )
+        return text.encode()
 
     def value_from_plaintext(self, data: bytes) -> str:
         return data.decode()

@@ -212,6 +212,18 @@ def test_integer_out_of_range_is_rejected_on_save(number):
     assert Note.objects.count() == 0
 
 
+def test_text_over_max_length_is_rejected_on_save():
+    with (
+        pytest.raises(ValueError, match="cannot store 21 characters") as excinfo,
+        transaction.atomic(),
+    ):
+        Note.objects.create(short="S" * 21)
+    assert "SSS" not in str(excinfo.value)
+    assert Note.objects.count() == 0
+
+    Note.objects.create(short="é" * 20)  # characters, not bytes
+
+
 def test_integer_range_is_validated():
     with pytest.raises(ValidationError) as excinfo:
         Note(title="t", number=2**31).full_clean()
