@@ -240,7 +240,7 @@ def test_indexes_constraints_and_ordering_on_encrypted_fields():
 
 @pytest.mark.django_db
 def test_project_checks_pass():
-    # Django 6.1 checks JSON support on every database unless told which.
+    # Without a list of databases, Django 6.1 checks JSON support on all of them.
     messages = checks.run_checks(databases=["default"])
     assert [m for m in messages if m.level >= checks.ERROR] == []
 
