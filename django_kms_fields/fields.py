@@ -413,9 +413,7 @@ class EncryptedField(models.Field):
         if add:
             caller = sys._getframe(1)
             if caller.f_code is _PRE_SAVE_VAL_CODE:
-                query = caller.f_locals["self"].query
-                if query.on_conflict is OnConflict.UPDATE:
-                    _check_upsert(self.model, query, caller.f_locals["self"].connection)
+                _check_upsert(self.model, caller.f_locals["self"])
         if getattr(self, "auto_now", False) or (add and getattr(self, "auto_now_add", False)):
             super().pre_save(model_instance, add)
         return self.prepare_write(model_instance)
@@ -981,12 +979,20 @@ def _prepare_before_save(
             keyring.active_entry(result.scope, using)
 
 
-def _check_upsert(model: Any, query: Any, connection: BaseDatabaseWrapper) -> None:
+def _check_upsert(model: Any, compiler: Any) -> None:
     """Reject a ``bulk_create(update_conflicts=True)`` that would store values under a wrong scope.
 
     On a conflict the existing row keeps its primary key, and its tenant unless
     the update sets it, while the values come encrypted for the new object.
+    Each INSERT statement is checked once, not once per value.
     """
+    query = compiler.query
+    if query.on_conflict is not OnConflict.UPDATE:
+        return
+    if getattr(compiler, "_kms_fields_checked", False):
+        return
+    compiler._kms_fields_checked = True
+    connection = compiler.connection
     updated = set(query.update_fields or ())
     # Without a conflict target (MariaDB, MySQL), any unique index may conflict.
     targets = (

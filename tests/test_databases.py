@@ -42,7 +42,7 @@ def test_save_to_other_database_encrypts_again():
         assert stored_token(model, pk, field, "other") != stored_token(model, pk, field, "default")
 
 
-def test_bulk_create_in_other_database_encrypts_again():
+def test_bulk_create_to_other_database():
     Note.objects.bulk_create([Note(text=f"value {n}") for n in range(3)])
     loaded = list(Note.objects.order_by("pk"))
 
@@ -62,7 +62,7 @@ def test_save_in_same_database_keeps_token():
     assert stored_token(Note, note.pk, "text", "default") == before
 
 
-def test_bulk_update_in_other_database_encrypts_again():
+def test_bulk_update_to_other_database():
     notes = Note.objects.bulk_create([Note(text=f"value {n}") for n in range(3)])
     Note.objects.using("other").bulk_create([Note(pk=note.pk, text="stale") for note in notes])
     loaded = list(Note.objects.order_by("pk"))

@@ -404,7 +404,7 @@ def test_annotation_of_encrypted_column(orgs):
     assert record.secret == "annotated"
 
 
-def test_sql_function_over_global_column_names_the_cause():
+def test_sql_function_error_names_cause():
     Note.objects.create(text="shouted")
 
     with pytest.raises(DecryptionError, match=r"SQL expression Upper\(\), which may have"):

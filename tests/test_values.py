@@ -151,7 +151,7 @@ def test_naive_datetime_warns_like_django():
         assert "2024" not in str(warning.message)
 
 
-def test_date_in_datetime_field_warns_without_value():
+def test_date_warning_omits_value():
     with pytest.warns(RuntimeWarning, match="naive datetime") as caught:
         note = Note.objects.create(moment=datetime.date(2024, 6, 1))
     midnight_in_paris = datetime.datetime(2024, 5, 31, 22, 0, tzinfo=datetime.timezone.utc)
@@ -212,7 +212,7 @@ def test_integer_out_of_range_is_rejected_on_save(number):
     assert Note.objects.count() == 0
 
 
-def test_text_over_max_length_is_rejected_on_save():
+def test_max_length_enforced_on_save():
     with (
         pytest.raises(ValueError, match="cannot store 21 characters") as excinfo,
         transaction.atomic(),
