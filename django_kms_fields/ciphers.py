@@ -16,8 +16,8 @@ A stored value is an ASCII token of this form::
 The token of an n-byte plaintext therefore has 15 + ceil(4 * (n + 28) / 3)
 characters, at most 4/3 * (n + 40). Both base64 parts must be canonical (the
 unused low bits of their last character zero), so that a token has exactly
-one text form and any changed character fails to decrypt. The alphabet is ``A-Z a-z 0-9 + / .``,
-which no SQL ``LIKE`` pattern treats as a wildcard.
+one text form and any changed character fails to decrypt. The alphabet is
+``A-Z a-z 0-9 + / .``, which no SQL ``LIKE`` pattern treats as a wildcard.
 
 The associated data authenticated with every value is::
 
@@ -83,6 +83,7 @@ def encode_key_id(key_id: int) -> str:
 
 def decode_key_id(text: str) -> int:
     """Return the integer data key id of an 11-character key id."""
+    # 11 characters: 11 % 4 == 3, so the last one carries two unused bits.
     if len(text) != KEY_ID_LENGTH or text[-1] not in _LAST_CHARACTERS[3]:
         raise InvalidToken
     try:
